@@ -1,0 +1,21 @@
+"""Streams: generators (one scenario kind per file) and the classic benchmarks."""
+
+from lightning_cl.benchmarks.class_incremental import class_incremental
+from lightning_cl.benchmarks.digits import SplitDigits
+from lightning_cl.benchmarks.domain_incremental import domain_incremental
+from lightning_cl.benchmarks.joint import JointTraining
+from lightning_cl.benchmarks.mnist import SplitMNIST
+from lightning_cl.benchmarks.task_incremental import task_incremental
+from lightning_cl.benchmarks.tensors import from_tensors
+from lightning_cl.benchmarks.transforms import Normalize
+
+__all__ = [
+    "JointTraining",
+    "Normalize",
+    "SplitDigits",
+    "SplitMNIST",
+    "class_incremental",
+    "domain_incremental",
+    "from_tensors",
+    "task_incremental",
+]

@@ -1,0 +1,95 @@
+"""SplitDigits: the embedded 8x8 digits as a class-incremental stream (offline, seconds to train)."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lightning_cl.benchmarks.class_incremental import split_by_class
+from lightning_cl.benchmarks.transforms import Normalize
+from lightning_cl.core.data import InMemoryDataset
+from lightning_cl.core.datamodule import StreamDataModule
+from lightning_cl.core.experience import Experience
+
+DIGITS_SAMPLES = 1797
+DIGITS_TEST_FRACTION = 0.25
+
+
+def load_digits() -> tuple[Tensor, Tensor]:
+    """The 1,797 embedded digits: images ``[N, 1, 8, 8]`` (uint8, values 0..16) and labels ``[N]``."""
+    with resources.files("lightning_cl.benchmarks").joinpath("data/digits.csv.gz").open("rb") as raw:
+        table = np.loadtxt(gzip.open(raw), delimiter=",", dtype=np.int64)
+    images = torch.from_numpy(table[:, :64]).to(torch.uint8).view(-1, 1, 8, 8)
+    return images, torch.from_numpy(table[:, 64])
+
+
+def stratified_split(targets: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Train and test indices with ``test_fraction`` of every class in the test part."""
+    generator = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(targets).tolist():
+        index = (targets == c).nonzero().squeeze(1)
+        index = index[torch.randperm(len(index), generator=generator)]
+        n_test = round(len(index) * test_fraction)
+        test.append(index[:n_test])
+        train.append(index[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+class SplitDigits(StreamDataModule):
+    """Class-incremental 8x8 digits, embedded in the package: the quickstart stream.
+
+    1,797 images of 10 digit classes (UCI optical digits, as bundled with scikit-learn), split
+    once into 1,347 train and 450 test images (25% of each class, fixed split), then into
+    ``num_experiences`` experiences of ``10 / num_experiences`` classes. Inputs are ``[1, 8, 8]``
+    floats in [0, 1]. Nothing is downloaded.
+
+    Args:
+        num_experiences: number of experiences (a divisor of 10).
+        seed: seed of the class order (when ``class_order`` is None).
+        class_order: order of the classes, a permutation of 0..9.
+        task_labels: add the experience index as a task label.
+        batch_size: training batch size.
+        eval_batch_size: test batch size (defaults to ``batch_size``).
+        num_workers: loader worker processes.
+
+    Example:
+        >>> dm = SplitDigits(num_experiences=5, class_order=list(range(10)))
+        >>> dm.num_experiences, dm.num_classes, [len(e) for e in dm.test_stream]
+        (5, 10, [90, 91, 90, 90, 89])
+    """
+
+    def __init__(
+        self,
+        num_experiences: int = 5,
+        seed: int = 0,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        self.save_hyperparameters()
+        self.class_order = None if class_order is None else list(class_order)
+        self.task_labels = task_labels
+        self._num_experiences = num_experiences
+        self.train_stream  # noqa: B018 - the data is embedded: build now so bad arguments fail here
+
+    def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
+        images, targets = load_digits()
+        train_index, test_index = stratified_split(targets, DIGITS_TEST_FRACTION, seed=0)
+        data = InMemoryDataset(images, targets, transform=Normalize([0.0], [1.0], scale=1 / 16))
+        return split_by_class(
+            data.subset(train_index),
+            data.subset(test_index),
+            num_experiences=self._num_experiences,
+            class_order=self.class_order,
+            seed=self.seed,
+            task_labels=self.task_labels,
+        )

@@ -1,0 +1,97 @@
+"""SplitMNIST: MNIST digits as a class-incremental stream."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torchvision
+
+from lightning_cl.benchmarks.class_incremental import split_by_class
+from lightning_cl.benchmarks.transforms import Normalize
+from lightning_cl.core.data import InMemoryDataset
+from lightning_cl.core.datamodule import StreamDataModule
+from lightning_cl.core.experience import Experience
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def load_mnist(root: str | Path, train: bool) -> InMemoryDataset:
+    """The MNIST split from ``root/MNIST/raw`` as uint8 tensors, normalised per batch.
+
+    Raises:
+        FileNotFoundError: naming the folder and files when the data is not there.
+    """
+    try:
+        data = torchvision.datasets.MNIST(str(root), train=train, download=False)
+    except RuntimeError as error:
+        names = [name.removesuffix(".gz") for name, _ in torchvision.datasets.MNIST.resources]
+        raise FileNotFoundError(
+            f"MNIST: no data in {str(Path(root) / 'MNIST' / 'raw')!r}; it needs the files {names} "
+            "(or their .gz archives). Pass download=True to fetch them, or copy them there."
+        ) from error
+    images = data.data.unsqueeze(1)  # [N, 1, 28, 28] uint8: 47 MB for the train split
+    return InMemoryDataset(images, data.targets, transform=Normalize([MNIST_MEAN], [MNIST_STD], scale=1 / 255))
+
+
+class SplitMNIST(StreamDataModule):
+    """Class-incremental MNIST: 10 digits in ``num_experiences`` experiences (5 by default).
+
+    The 60,000 train and 10,000 test images are held in memory as uint8 tensors and normalised
+    per batch with the usual MNIST mean and std (0.1307, 0.3081). Inputs are ``[1, 28, 28]``.
+
+    Args:
+        root: folder holding (or receiving) ``MNIST/raw``.
+        num_experiences: number of experiences (a divisor of 10, or see ``classes_per_experience``).
+        seed: seed of the class order (when ``class_order`` is None).
+        class_order: order of the classes, a permutation of 0..9.
+        task_labels: add the experience index as a task label.
+        batch_size: training batch size.
+        eval_batch_size: test batch size (defaults to ``batch_size``).
+        num_workers: loader worker processes.
+        download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        num_experiences: int = 5,
+        seed: int = 0,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        download: bool = True,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.class_order = None if class_order is None else list(class_order)
+        self.task_labels = task_labels
+        self.download = download
+        self._num_experiences = num_experiences
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    @property
+    def num_experiences(self) -> int:
+        # known without reading the data, so the CLI can link it before prepare_data
+        return self._num_experiences
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                torchvision.datasets.MNIST(str(self.root), train=train, download=True)
+
+    def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
+        return split_by_class(
+            load_mnist(self.root, train=True),
+            load_mnist(self.root, train=False),
+            num_experiences=self._num_experiences,
+            class_order=self.class_order,
+            seed=self.seed,
+            task_labels=self.task_labels,
+        )

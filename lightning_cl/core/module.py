@@ -1,0 +1,502 @@
+"""ContinualModule: wraps any LightningModule and runs it over a stream of experiences."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from types import MethodType
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+
+from lightning_cl.core.callback import ContinualCallback, TrainingStep
+from lightning_cl.core.datamodule import StreamDataModule
+from lightning_cl.core.experience import Experience
+from lightning_cl.core.result import StreamResult
+from lightning_cl.metrics import functional as F
+from lightning_cl.metrics.stream_accuracy import StreamAccuracy
+
+# Hooks Lightning calls on the outer module only. ContinualModule forwards each one the user's
+# module overrides (keeping `self.log` working). The forwarders are set on the instance, and only
+# for overridden hooks: Lightning decides by `is_overridden` whether to call a hook at all, or
+# whose (the datamodule's batch-transfer hooks lose to an overriding module's).
+_FORWARDED_HOOKS = (
+    "on_fit_start",
+    "on_train_start",
+    "on_train_epoch_start",
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_validation_start",
+    "on_validation_end",
+    "on_validation_epoch_start",
+    "on_validation_epoch_end",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_validation_model_zero_grad",
+    "on_validation_model_eval",
+    "on_validation_model_train",
+    "on_test_start",
+    "on_test_end",
+    "on_test_epoch_start",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_test_model_eval",
+    "on_test_model_train",
+    "on_predict_start",
+    "on_predict_end",
+    "on_predict_epoch_start",
+    "on_predict_epoch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+    "on_predict_model_eval",
+    "on_before_zero_grad",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_batch_transfer",
+    "transfer_batch_to_device",
+    "on_after_batch_transfer",
+    "configure_model",
+    "prepare_data",
+    "optimizer_step",
+    "optimizer_zero_grad",
+    "lr_scheduler_step",
+    "configure_gradient_clipping",
+    "backward",
+    "validation_step",
+    "predict_step",
+)
+# Hooks ContinualModule implements itself; each also calls the user's override.
+_OWN_HOOKS = (
+    "setup",
+    "teardown",
+    "on_train_start",
+    "on_train_end",
+    "on_fit_end",
+    "on_train_epoch_end",
+    "on_test_epoch_end",
+    "on_save_checkpoint",
+    "on_load_checkpoint",
+)
+
+
+def _forwarder(name: str) -> Callable[..., Any]:
+    def hook(self: ContinualModule, *args: Any, **kwargs: Any) -> Any:
+        return self._call_user(name, *args, **kwargs)
+
+    hook.__name__ = name
+    return hook
+
+
+def _forward_takes_task_labels(module: L.LightningModule) -> bool:
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.name == "task_labels" for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2
+
+
+class ContinualModule(L.LightningModule):
+    """Runs an existing LightningModule over a stream, unchanged.
+
+    The wrapped module keeps its ``training_step``, ``self.log`` calls, ``configure_optimizers``
+    (called again at every experience, so each one gets a fresh optimizer), hooks and checkpoint
+    keys. ContinualModule adds:
+
+    * the stream position: each ``trainer.fit`` trains the datamodule's next experience for
+      ``max_epochs`` epochs (or ``max_steps`` steps) of the Trainer, with ONE Trainer;
+    * the CL methods' contributions (:class:`~lightning_cl.core.callback.ContinualCallback`):
+      batches, loss replacement and loss terms; per-experience reset of EarlyStopping and
+      ModelCheckpoint;
+    * stream evaluation: ``trainer.test`` fills row ``i`` of the accuracy matrix with a
+      :class:`~lightning_cl.metrics.StreamAccuracy` and logs ``test/acc_exp{j}`` and
+      ``stream/*``;
+    * ``train/loss`` and ``train/<name>_loss``, accumulated on the device and logged per epoch.
+
+    Its ``state_dict`` is the wrapped module's, key for key, and its checkpoints carry the wrapped
+    module's hyperparameters, so ``MyModule.load_from_checkpoint(path)`` loads a checkpoint of a
+    wrapped run into the bare module.
+
+    Stream evaluation needs ``forward`` to return logits ``[B, C]``. A module whose ``forward``
+    takes two arguments (or one named ``task_labels``) gets the task labels of the batch too.
+    The user's ``test_step`` is not called: the stream evaluation takes its place.
+
+    Args:
+        module: the LightningModule to train over the stream.
+        log_loss_on_step: also log ``train/loss`` every step (one ``self.log`` per step is a
+            measurable cost on small models, so the default is per epoch only).
+
+    Raises:
+        TypeError: if ``module`` is not a LightningModule or defines no ``forward``.
+    """
+
+    def __init__(self, module: L.LightningModule, *, log_loss_on_step: bool = False) -> None:
+        super().__init__()
+        if isinstance(module, ContinualModule):
+            raise TypeError("`module`: expected the user's LightningModule, got a ContinualModule (wrap once).")
+        if not isinstance(module, L.LightningModule):
+            raise TypeError(
+                f"`module`: expected a lightning.LightningModule, got {type(module).__name__}. "
+                "Wrap a plain nn.Module in a LightningModule with a training_step first."
+            )
+        if type(module).forward is L.LightningModule.forward:
+            raise TypeError(
+                f"`module`: {type(module).__name__} defines no `forward`; stream evaluation needs "
+                "`forward(x)` (or `forward(x, task_labels)`) to return logits."
+            )
+        if not is_overridden("training_step", module):
+            raise TypeError(f"`module`: {type(module).__name__} defines no `training_step`.")
+        self.module = module
+        self.log_loss_on_step = log_loss_on_step
+        self._user_hooks = {name for name in _FORWARDED_HOOKS + _OWN_HOOKS if is_overridden(name, module)}
+        for name in self._user_hooks.intersection(_FORWARDED_HOOKS) - set(vars(ContinualModule)):
+            self.__dict__[name] = MethodType(_forwarder(name), self)
+        self._takes_task_labels = _forward_takes_task_labels(module)
+        self.stream_accuracy: StreamAccuracy | None = None
+        self._rows: dict[int, Tensor] = {}
+        self._initial: Tensor | None = None
+        self._fit_seconds: dict[int, float] = {}
+        self._fit_started = 0.0
+        self._fit_index: int | None = None
+        self._experience: Experience | None = None
+        self._loss_sums: dict[str, Tensor] = {}
+        self._loss_steps = 0
+        self._output_checked: set[tuple[str, int]] = set()
+
+    # ------------------------------------------------------------------------------ plumbing
+    def _call_user(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self.module
+        previous = inner._current_fx_name
+        # the wrapped module's self.log needs the hook name Lightning set on the outer module
+        inner._current_fx_name = self._current_fx_name
+        try:
+            return getattr(inner, name)(*args, **kwargs)
+        finally:
+            inner._current_fx_name = previous
+
+    @property
+    def automatic_optimization(self) -> bool:  # type: ignore[override]
+        return self.module.automatic_optimization
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self.module.automatic_optimization = value
+
+    @property
+    def strict_loading(self) -> bool:  # type: ignore[override]
+        return self.module.strict_loading
+
+    @strict_loading.setter
+    def strict_loading(self, value: bool) -> None:
+        self.module.strict_loading = value
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped module's ``state_dict``, with its own keys (no ``module.`` prefix)."""
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load a ``state_dict`` of the wrapped module (a checkpoint of either the wrapped or bare run)."""
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def datamodule(self) -> StreamDataModule:
+        """The trainer's :class:`StreamDataModule` (a clear error when there is none)."""
+        dm = None if self._trainer is None else self.trainer.datamodule
+        if not isinstance(dm, StreamDataModule):
+            got = "no datamodule" if dm is None else type(dm).__name__
+            raise TypeError(
+                "ContinualModule runs over a stream: call trainer.fit/test(model, datamodule=dm) with "
+                f"a lightning_cl.StreamDataModule (e.g. from lightning_cl.benchmarks), got {got}."
+            )
+        return dm
+
+    def _cl_callbacks(self) -> list[ContinualCallback]:
+        return [c for c in self.trainer.callbacks if isinstance(c, ContinualCallback)]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def predict_logits(self, batch: Any) -> Tensor:
+        """Logits of an ``(x, y[, t])`` batch, passing task labels to a ``forward`` that takes them."""
+        x = batch[0]
+        if self._takes_task_labels:
+            task_labels = batch[2] if len(batch) > 2 else torch.zeros(len(x), dtype=torch.long, device=x.device)
+            logits = self.module(x, task_labels)
+        else:
+            logits = self.module(x)
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            got = type(logits).__name__ if not isinstance(logits, Tensor) else f"shape {tuple(logits.shape)}"
+            raise TypeError(f"{type(self.module).__name__}.forward: expected logits [B, C], got {got}.")
+        return logits
+
+    def _check_outputs(self, num_outputs: int, experience: Experience, stream: str) -> None:
+        key = (stream, experience.index)
+        if key in self._output_checked:
+            return
+        top = max(experience.classes_in_this_experience)
+        if top >= num_outputs:
+            raise ValueError(
+                f"{type(self.module).__name__} has {num_outputs} outputs but {stream} experience "
+                f"{experience.index} holds class id {top} (classes {list(experience.classes_in_this_experience)}); "
+                f"the model needs at least {top + 1} outputs (num_classes of the datamodule: "
+                f"{self.datamodule.num_classes})."
+            )
+        self._output_checked.add(key)
+
+    # ---------------------------------------------------------------------- stream position
+    def setup(self, stage: str) -> None:
+        if "setup" in self._user_hooks:
+            self._call_user("setup", stage)
+        dm = self.datamodule
+        num_test = len(dm.test_stream)
+        if self.stream_accuracy is None or self.stream_accuracy.num_experiences != num_test:
+            self.stream_accuracy = StreamAccuracy(num_test)
+        if stage != "fit":
+            return
+        experience, starting = dm._begin_fit(self.trainer)
+        self._experience = experience
+        self._fit_index = None if experience is None else experience.index
+        self._fit_started = time.perf_counter()
+        if starting and experience is not None:
+            self._reset_monitors()
+            for callback in self._cl_callbacks():
+                callback.on_experience_start(self.trainer, self, experience)
+
+    def _reset_monitors(self) -> None:
+        # "best so far" of one experience means nothing for the next (another data distribution)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, EarlyStopping):
+                callback.wait_count = 0
+                callback.stopped_epoch = 0
+                callback.best_score = torch.tensor(torch.inf if callback.monitor_op == torch.lt else -torch.inf)
+            elif isinstance(callback, ModelCheckpoint) and callback.monitor is not None:
+                callback.best_k_models = {}
+                callback.kth_best_model_path = ""
+                callback.best_model_score = None
+                callback.best_model_path = ""
+                callback.kth_value = torch.tensor(torch.inf if callback.mode == "min" else -torch.inf)
+
+    def on_train_start(self) -> None:
+        experience = self._experience
+        if experience is not None:
+            self._check_training_outputs(experience)
+        if "on_train_start" in self._user_hooks:
+            self._call_user("on_train_start")
+
+    def _check_training_outputs(self, experience: Experience) -> None:
+        sample = experience.dataset[0]
+        batch = [torch.as_tensor(v).unsqueeze(0).to(self.device) for v in sample]
+        was_training = self.module.training
+        self.module.eval()  # one sample: keep BatchNorm statistics untouched
+        with torch.no_grad():
+            num_outputs = self.predict_logits(batch).shape[-1]
+        self.module.train(was_training)
+        self._check_outputs(num_outputs, experience, "train")
+
+    def on_train_end(self) -> None:
+        self._end_experience()
+        if "on_train_end" in self._user_hooks:
+            self._call_user("on_train_end")
+
+    def _end_experience(self) -> None:
+        dm = self.datamodule
+        experience = self._experience
+        if experience is None or not dm._active:
+            return
+        for callback in self._cl_callbacks():
+            callback.on_experience_end(self.trainer, self, experience)
+        dm._end_experience()
+        self._experience = None
+
+    def on_fit_end(self) -> None:
+        dm = self.datamodule
+        if self._experience is not None and dm._target_epoch != -1 and self.trainer.current_epoch >= dm._target_epoch:
+            # a fit that only restored a checkpoint written after the last epoch of an
+            # experience: training is over, but on_train_end never ran
+            self._end_experience()
+        if self._fit_index is not None:
+            elapsed = time.perf_counter() - self._fit_started
+            self._fit_seconds[self._fit_index] = self._fit_seconds.get(self._fit_index, 0.0) + elapsed
+        if "on_fit_end" in self._user_hooks:
+            self._call_user("on_fit_end")
+
+    # ------------------------------------------------------------------------------ training
+    def configure_optimizers(self) -> Any:
+        return self._call_user("configure_optimizers")
+
+    def configure_callbacks(self) -> Any:
+        return self._call_user("configure_callbacks")
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        keys = self.datamodule._joint_keys
+        if keys:
+            current, extra = batch["current"], {k: batch[k] for k in keys}
+        else:
+            current, extra = batch, {}
+        callbacks = self._cl_callbacks()
+        for callback in callbacks:
+            current = callback.prepare_batch(self, current, extra)
+        output = self._call_user("training_step", current, batch_idx)
+        if output is None:  # the user skipped this batch
+            return None
+        if isinstance(output, Tensor):
+            loss = output
+        elif isinstance(output, Mapping) and "loss" in output:
+            loss = output["loss"]
+        else:
+            raise TypeError(
+                f"{type(self.module).__name__}.training_step: expected a loss tensor or a dict with "
+                f"'loss', got {type(output).__name__}."
+            )
+        if not callbacks:
+            self._accumulate("loss", loss)
+            return output
+        if not self.automatic_optimization:
+            raise RuntimeError(
+                "CL callbacks change the loss, which a module with manual optimization computes and "
+                f"backpropagates itself; remove {[type(c).__name__ for c in callbacks]} or use automatic optimization."
+            )
+        step = TrainingStep(self, current, extra, output, loss, batch_idx)
+        replaced_by = None
+        for callback in callbacks:
+            replacement = callback.task_loss(step)
+            if replacement is not None:
+                if replaced_by is not None:
+                    raise RuntimeError(
+                        f"Both {replaced_by} and {type(callback).__name__} replace the task loss; "
+                        "at most one CL method may do that."
+                    )
+                replaced_by = type(callback).__name__
+                step.loss = replacement
+        total = step.loss
+        for callback in callbacks:
+            for name, term in callback.loss_terms(step).items():
+                self._accumulate(f"{name}_loss", term)
+                total = total + term
+        self._accumulate("loss", total)
+        if isinstance(output, Mapping):
+            return {**output, "loss": total}
+        return total
+
+    def _accumulate(self, name: str, value: Tensor) -> None:
+        value = value.detach()
+        # summed on the device: no host sync per step; logged once per epoch
+        if name in self._loss_sums:
+            self._loss_sums[name] += value
+        else:
+            self._loss_sums[name] = value.clone().float()
+        if name == "loss":
+            self._loss_steps += 1
+            if self.log_loss_on_step:
+                self.log("train/loss_step", value, on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        steps = max(self._loss_steps, 1)
+        for name, total in self._loss_sums.items():
+            self.log(f"train/{name}", total / steps, on_step=False, on_epoch=True, sync_dist=True)
+        self._loss_sums = {}
+        self._loss_steps = 0
+        if "on_train_epoch_end" in self._user_hooks:
+            self._call_user("on_train_epoch_end")
+
+    # ---------------------------------------------------------------------------- evaluation
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        assert self.stream_accuracy is not None  # for mypy: created in setup
+        logits = self.predict_logits(batch)
+        experience = self.datamodule.test_stream[dataloader_idx]
+        self._check_outputs(logits.shape[-1], experience, "test")
+        self.stream_accuracy.update(logits, batch[1], dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        assert self.stream_accuracy is not None  # for mypy: created in setup
+        accuracy = self.stream_accuracy.compute().cpu()  # collective: every rank calls it
+        self.stream_accuracy.reset()
+        row = self.datamodule.completed_experiences - 1
+        if row < 0:
+            self._initial = accuracy
+        else:
+            self._rows[row] = accuracy
+        for j, value in enumerate(accuracy.tolist()):
+            self.log(f"test/acc_exp{j}", value)
+        if row >= 0:
+            for name, value in self._stream_metrics(self.accuracy_matrix).items():
+                self.log(f"stream/{name}", value)
+        if "on_test_epoch_end" in self._user_hooks:
+            self._call_user("on_test_epoch_end")
+
+    def _stream_metrics(self, R: Tensor) -> dict[str, float]:
+        metrics = {
+            "average_accuracy": F.average_accuracy(R),
+            "forgetting": F.forgetting(R),
+            "backward_transfer": F.backward_transfer(R),
+        }
+        if self._initial is not None:
+            metrics["forward_transfer"] = F.forward_transfer(R, self._initial)
+        return metrics
+
+    @property
+    def accuracy_matrix(self) -> Tensor:
+        """Rows of R evaluated so far, ``[rows, num_test_experiences]`` (NaN for a row never tested)."""
+        if not self._rows:
+            return torch.empty(0, 0, dtype=torch.float64)
+        columns = len(next(iter(self._rows.values())))
+        R = torch.full((max(self._rows) + 1, columns), float("nan"), dtype=torch.float64)
+        for i, row in self._rows.items():
+            R[i] = row
+        return R
+
+    @property
+    def stream_result(self) -> StreamResult:
+        """The accuracy matrix and stream metrics of every evaluation so far.
+
+        Raises:
+            RuntimeError: if the test stream was never evaluated after an experience.
+        """
+        if not self._rows:
+            raise RuntimeError(
+                "No stream evaluation yet: run trainer.test(model, datamodule=dm) after a fit "
+                "(fit_stream does it for you)."
+            )
+        R = self.accuracy_matrix
+        metrics = self._stream_metrics(R)
+        return StreamResult(
+            accuracy_matrix=R,
+            average_accuracy=metrics["average_accuracy"],
+            forgetting=metrics["forgetting"],
+            backward_transfer=metrics["backward_transfer"],
+            forward_transfer=metrics.get("forward_transfer"),
+            initial_accuracy=self._initial,
+            fit_seconds=[self._fit_seconds.get(i, 0.0) for i in range(R.shape[0])],
+        )
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "on_save_checkpoint" in self._user_hooks:
+            self._call_user("on_save_checkpoint", checkpoint)
+        if self.module.hparams:
+            # so that the bare module's load_from_checkpoint rebuilds it from this file
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_NAME] = getattr(self.module, "_hparams_name", None)
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = dict(self.module.hparams)
+        checkpoint["lightning_cl"] = {
+            "rows": {i: row.clone() for i, row in self._rows.items()},
+            "initial": None if self._initial is None else self._initial.clone(),
+            "fit_seconds": dict(self._fit_seconds),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lightning_cl")
+        if state is not None:
+            self._rows = {int(i): row for i, row in state.get("rows", {}).items()}
+            self._initial = state.get("initial")
+            self._fit_seconds = {int(i): float(s) for i, s in state.get("fit_seconds", {}).items()}
+        if "on_load_checkpoint" in self._user_hooks:
+            self._call_user("on_load_checkpoint", checkpoint)
+
+    def teardown(self, stage: str) -> None:
+        if "teardown" in self._user_hooks:
+            self._call_user("teardown", stage)

@@ -1,0 +1,85 @@
+"""Shared fixtures: real data from ../shared/data (or $LIGHTNING_CL_DATA), small models, a quiet Trainer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("LIGHTNING_CL_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data not found at {root} (set LIGHTNING_CL_DATA to the folder of ../shared/data)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with MNIST/raw/*.gz staged exactly as torchvision downloads them."""
+    root = tmp_path_factory.mktemp("mnist")
+    shutil.copytree(shared_data / "MNIST" / "raw", root / "MNIST" / "raw")
+    for f in (root / "MNIST" / "raw").iterdir():
+        f.chmod(0o644)
+    return root
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        max_epochs=1,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)
+
+
+class TinyClassifier(L.LightningModule):
+    """A user module as users write them: logs with self.log, returns the loss."""
+
+    def __init__(self, in_features: int = 64, num_classes: int = 10, lr: float = 0.1, hidden: int = 32) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self(batch[0]), batch[1])
+        self.log("user_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def make_tensor_stream(num_experiences: int = 3, per_class: int = 20, num_classes: int = 6, **kwargs: Any):
+    """A small, learnable class-incremental stream: one Gaussian blob per class."""
+    from lightning_cl.benchmarks import from_tensors
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(num_classes, 8, generator=g) * 3
+    y = torch.arange(num_classes).repeat_interleave(per_class)
+    x = centers[y] + torch.randn(len(y), 8, generator=g)
+    kwargs.setdefault("class_order", list(range(num_classes)))
+    kwargs.setdefault("batch_size", 16)
+    return from_tensors(x, y, x.clone(), y.clone(), num_experiences=num_experiences, **kwargs)
