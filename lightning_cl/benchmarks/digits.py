@@ -61,7 +61,7 @@ class SplitDigits(StreamDataModule):
     Example:
         >>> dm = SplitDigits(num_experiences=5, class_order=list(range(10)))
         >>> dm.num_experiences, dm.num_classes, [len(e) for e in dm.test_stream]
-        (5, 10, [90, 91, 90, 90, 89])
+        (5, 10, [90, 90, 91, 90, 89])
     """
 
     def __init__(

@@ -220,13 +220,18 @@ class ConcatDataset(Dataset):
         start = torch.cat([torch.zeros(1, dtype=torch.long), self.cumulative_sizes[:-1]])
         return part, index - start[part]
 
+    def _normalise(self, index: Tensor) -> Tensor:
+        n = len(self)
+        if bool(((index < -n) | (index >= n)).any()):
+            raise IndexError(f"indices {index.tolist()} go beyond a dataset of {n} items.")
+        return index % n  # Python's negative indices count from the end
+
     def __getitem__(self, i: int) -> Any:
-        part, local = self._locate(torch.tensor([i % len(self)]))
+        part, local = self._locate(self._normalise(torch.tensor([i])))
         return self.datasets[int(part)][int(local)]
 
     def __getitems__(self, indices: Sequence[int]) -> StackedBatch:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        part, local = self._locate(index)
+        part, local = self._locate(self._normalise(torch.as_tensor(indices, dtype=torch.long)))
         order, pieces = [], []
         for p in torch.unique(part).tolist():
             mask = part == p
@@ -258,7 +263,8 @@ def targets_of(dataset: Dataset) -> Tensor:
     """
     targets = getattr(dataset, "targets", None)
     if targets is None:
-        targets = [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+        read = [torch.as_tensor(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+        return _as_targets(torch.stack(read) if read else torch.zeros(0, dtype=torch.long), "dataset targets")
     return _as_targets(targets, "dataset.targets")
 
 

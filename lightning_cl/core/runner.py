@@ -39,6 +39,12 @@ def _peek_stream_state(ckpt_path: str | Path, datamodule: StreamDataModule) -> d
     except Exception as error:
         raise ValueError(f"`ckpt_path`: {str(path)!r} is not a readable checkpoint ({error}).") from error
     state = checkpoint.get(type(datamodule).__qualname__) if isinstance(checkpoint, dict) else None
+    missing = [key for key in ("optimizer_states", "callbacks") if key not in checkpoint]
+    if state is not None and missing:
+        raise ValueError(
+            f"`ckpt_path`: {str(path)!r} has no {' and no '.join(missing)}: it was saved weights-only "
+            "(save_weights_only=True), which cannot resume a stream. Use full checkpoints."
+        )
     if state is None:
         raise ValueError(
             f"`ckpt_path`: {str(path)!r} holds no stream position ({type(datamodule).__qualname__} "

@@ -21,7 +21,7 @@ class StreamAccuracy(Metric):
         >>> metric.update(torch.tensor([[2.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0]), experience=0)
         >>> metric.update(torch.tensor([[0.0, 3.0]]), torch.tensor([1]), experience=1)
         >>> metric.compute()
-        tensor([0.5000, 1.0000])
+        tensor([0.5000, 1.0000], dtype=torch.float64)
     """
 
     full_state_update = False
