@@ -100,6 +100,13 @@ def fit_stream(
     elif evaluate_initial and datamodule.completed_experiences == 0:
         trainer.test(model, datamodule=datamodule, verbose=False)
     while datamodule.current_experience < datamodule.num_experiences:
+        experience, step = datamodule.current_experience, trainer.global_step
         trainer.fit(model, datamodule=datamodule)
+        if datamodule.current_experience == experience:
+            raise RuntimeError(
+                f"`trainer.fit` ended without finishing experience {experience} ({trainer.global_step - step} "
+                f"optimizer steps, trainer state {trainer.state.status.value}): interrupted, or no training "
+                "batches (limit_train_batches=0?). Resume from a checkpoint with fit_stream(..., ckpt_path=...)."
+            )
         trainer.test(model, datamodule=datamodule, verbose=False)
     return model.stream_result

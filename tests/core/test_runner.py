@@ -126,3 +126,8 @@ def test_refusals(uninterrupted: Any, tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(ValueError, match="holds no stream position"):
         fit_stream(quiet_trainer(), run_model(), make_tensor_stream(3), ckpt_path=tmp_path / "foreign.ckpt")
+
+
+def test_a_fit_that_trains_nothing_stops_the_stream() -> None:
+    with pytest.raises(RuntimeError, match="ended without finishing experience 0 .0 optimizer steps"):
+        fit_stream(quiet_trainer(limit_train_batches=0), run_model(), make_tensor_stream(3), evaluate_initial=False)
