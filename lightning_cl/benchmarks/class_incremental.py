@@ -98,7 +98,7 @@ def split_by_class(
     """The train and test streams of a class-incremental split (see :func:`class_incremental`)."""
     train_targets, test_targets = targets_of(train_dataset), targets_of(test_dataset)
     classes = torch.unique(train_targets).tolist()
-    if classes and classes[0] < 0 or len(test_targets) and int(test_targets.min()) < 0:
+    if (classes and classes[0] < 0) or (len(test_targets) and int(test_targets.min()) < 0):
         raise ValueError(
             "`train_dataset` / `test_dataset`: expected class ids >= 0 (they index the model's outputs), "
             f"got {min(classes[0], int(test_targets.min()))}."

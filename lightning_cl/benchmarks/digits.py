@@ -22,8 +22,11 @@ DIGITS_TEST_FRACTION = 0.25
 
 def load_digits() -> tuple[Tensor, Tensor]:
     """The 1,797 embedded digits: images ``[N, 1, 8, 8]`` (uint8, values 0..16) and labels ``[N]``."""
-    with resources.files("lightning_cl.benchmarks").joinpath("data/digits.csv.gz").open("rb") as raw:
-        table = np.loadtxt(gzip.open(raw), delimiter=",", dtype=np.int64)
+    with (
+        resources.files("lightning_cl.benchmarks").joinpath("data/digits.csv.gz").open("rb") as raw,
+        gzip.open(raw) as text,
+    ):
+        table = np.loadtxt(text, delimiter=",", dtype=np.int64)
     images = torch.from_numpy(table[:, :64]).to(torch.uint8).view(-1, 1, 8, 8)
     return images, torch.from_numpy(table[:, 64])
 

@@ -83,6 +83,14 @@ class TrainingStep:
         return self._logits
 
 
+def continual_callbacks(trainer: L.Trainer | None) -> list[ContinualCallback]:
+    """The trainer's CL methods, in the order of ``Trainer(callbacks=[...])``."""
+    if trainer is None:
+        return []
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
+    return [c for c in callbacks if isinstance(c, ContinualCallback)]
+
+
 class ContinualCallback(L.Callback):
     """Base class of CL methods: a Lightning ``Callback`` plus the stream hooks.
 

@@ -11,7 +11,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from lightning_cl.core.callback import ContinualCallback
+from lightning_cl.core.callback import continual_callbacks
 from lightning_cl.core.data import SeededRandomSampler, collate
 from lightning_cl.core.experience import Experience, Stream
 
@@ -205,10 +205,6 @@ class StreamDataModule(L.LightningDataModule):
             self._apply_limits(trainer)
 
     # ------------------------------------------------------------------------------ loaders
-    def _callbacks(self) -> list[ContinualCallback]:
-        trainer = self.trainer
-        return [] if trainer is None else [c for c in trainer.callbacks if isinstance(c, ContinualCallback)]
-
     def _sampler_seed(self) -> int:
         if self.shuffle_seed is not None:
             return self.shuffle_seed
@@ -229,21 +225,17 @@ class StreamDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | CombinedLoader:
         experience = self.train_stream[min(self._next, self.num_experiences - 1)]
         dataset: Dataset = experience.dataset
-        callbacks = self._callbacks()
+        callbacks = continual_callbacks(self.trainer)
         for callback in callbacks:
             dataset = callback.train_dataset(self, experience, dataset)
         size = len(dataset)  # type: ignore[arg-type]
         seed = self._sampler_seed()
-        main = self._loader(
-            dataset, self.batch_size, SeededRandomSampler(size, seed, experience.index), self.drop_last
-        )
+        main = self._loader(dataset, self.batch_size, SeededRandomSampler(size, seed, experience.index), self.drop_last)
         extras: dict[str, DataLoader] = {}
         for callback in callbacks:
             for name, (joint, batch_size) in callback.joint_datasets(self, experience).items():
                 if name == "current" or name in extras:
-                    raise ValueError(
-                        f"{type(callback).__name__}.joint_datasets: the name {name!r} is already taken."
-                    )
+                    raise ValueError(f"{type(callback).__name__}.joint_datasets: the name {name!r} is already taken.")
                 # as many batches as the current loader, so it sets the epoch length
                 length = len(main) * batch_size
                 sampler = SeededRandomSampler(len(joint), seed, experience.index, length=length)  # type: ignore[arg-type]
@@ -255,11 +247,10 @@ class StreamDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         trainer = self.trainer
-        distributed = trainer is not None and trainer.world_size > 1
         loaders = []
         for experience in self.test_stream:
             sampler: Any = SequentialSampler(experience.dataset)  # type: ignore[arg-type]
-            if distributed:
+            if trainer is not None and trainer.world_size > 1:
                 # the default DistributedSampler pads with duplicates: every sample must count once
                 sampler = UnrepeatedDistributedSampler(
                     experience.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from types import MethodType
 from collections.abc import Callable, Mapping
+from types import MethodType
 from typing import Any
 
 import lightning as L
@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from lightning_cl.core.callback import ContinualCallback, TrainingStep
+from lightning_cl.core.callback import TrainingStep, continual_callbacks
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.result import StreamResult
@@ -206,7 +206,7 @@ class ContinualModule(L.LightningModule):
     @property
     def datamodule(self) -> StreamDataModule:
         """The trainer's :class:`StreamDataModule` (a clear error when there is none)."""
-        dm = None if self._trainer is None else self.trainer.datamodule
+        dm = None if self._trainer is None else self.trainer.datamodule  # type: ignore[attr-defined]
         if not isinstance(dm, StreamDataModule):
             got = "no datamodule" if dm is None else type(dm).__name__
             raise TypeError(
@@ -214,9 +214,6 @@ class ContinualModule(L.LightningModule):
                 f"a lightning_cl.StreamDataModule (e.g. from lightning_cl.benchmarks), got {got}."
             )
         return dm
-
-    def _cl_callbacks(self) -> list[ContinualCallback]:
-        return [c for c in self.trainer.callbacks if isinstance(c, ContinualCallback)]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -264,12 +261,12 @@ class ContinualModule(L.LightningModule):
         self._fit_started = time.perf_counter()
         if starting and experience is not None:
             self._reset_monitors()
-            for callback in self._cl_callbacks():
+            for callback in continual_callbacks(self.trainer):
                 callback.on_experience_start(self.trainer, self, experience)
 
     def _reset_monitors(self) -> None:
         # "best so far" of one experience means nothing for the next (another data distribution)
-        for callback in self.trainer.callbacks:
+        for callback in self.trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, EarlyStopping):
                 callback.wait_count = 0
                 callback.stopped_epoch = 0
@@ -308,7 +305,7 @@ class ContinualModule(L.LightningModule):
         experience = self._experience
         if experience is None or not dm._active:
             return
-        for callback in self._cl_callbacks():
+        for callback in continual_callbacks(self.trainer):
             callback.on_experience_end(self.trainer, self, experience)
         dm._end_experience()
         self._experience = None
@@ -338,7 +335,7 @@ class ContinualModule(L.LightningModule):
             current, extra = batch["current"], {k: batch[k] for k in keys}
         else:
             current, extra = batch, {}
-        callbacks = self._cl_callbacks()
+        callbacks = continual_callbacks(self.trainer)
         for callback in callbacks:
             current = callback.prepare_batch(self, current, extra)
         output = self._call_user("training_step", current, batch_idx)

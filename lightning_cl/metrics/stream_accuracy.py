@@ -48,9 +48,7 @@ class StreamAccuracy(Metric):
             experience: index of the test experience the batch belongs to.
         """
         if not 0 <= experience < self.num_experiences:
-            raise ValueError(
-                f"`experience`: expected an index in [0, {self.num_experiences}), got {experience}."
-            )
+            raise ValueError(f"`experience`: expected an index in [0, {self.num_experiences}), got {experience}.")
         if preds.dim() == target.dim() + 1:
             preds = preds.argmax(dim=-1)
         if preds.shape != target.shape:

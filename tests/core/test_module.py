@@ -28,7 +28,7 @@ def tiny(**kwargs: Any) -> TinyClassifier:
 
 
 def test_rejects_what_it_cannot_wrap() -> None:
-    with pytest.raises(TypeError, match="`module`: expected a lightning.LightningModule, got Linear"):
+    with pytest.raises(TypeError, match=r"`module`: expected a lightning\.LightningModule, got Linear"):
         ContinualModule(nn.Linear(2, 2))  # type: ignore[arg-type]
 
     class NoForward(L.LightningModule):

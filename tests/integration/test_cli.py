@@ -15,7 +15,9 @@ from lightning_cl.cli import main
 QUIET = ["--trainer.logger=false", "--trainer.enable_checkpointing=false"]
 
 
-def test_quickstart_runs_the_whole_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_quickstart_runs_the_whole_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     caplog.set_level("INFO")
     cli = main(["fit", "--trainer.max_epochs=2", *QUIET])
@@ -36,7 +38,8 @@ def test_a_user_model_class_from_the_python_path(tmp_path: Path, monkeypatch: py
             class Net(L.LightningModule):
                 def __init__(self, hidden: int = 16):
                     super().__init__()
-                    self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+                    nn = torch.nn
+                    self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
                 def forward(self, x):
                     return self.net(x)
                 def training_step(self, batch, batch_idx):
@@ -48,7 +51,17 @@ def test_a_user_model_class_from_the_python_path(tmp_path: Path, monkeypatch: py
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "--model=usermodels.Net", "--model.hidden=8", "--data.num_experiences=2", "--trainer.max_epochs=1", "--evaluate_initial=false", *QUIET])
+    cli = main(
+        [
+            "fit",
+            "--model=usermodels.Net",
+            "--model.hidden=8",
+            "--data.num_experiences=2",
+            "--trainer.max_epochs=1",
+            "--evaluate_initial=false",
+            *QUIET,
+        ]
+    )
     assert type(cli.model.module).__name__ == "Net" and cli.model.module.net[1].out_features == 8
     assert cli.result.accuracy_matrix.shape == (2, 2)
     assert cli.result.forward_transfer is None
@@ -56,7 +69,11 @@ def test_a_user_model_class_from_the_python_path(tmp_path: Path, monkeypatch: py
 
 def test_module_entry_point_prints_the_config(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "lightning_cl", "fit", "--print_config"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        [sys.executable, "-m", "lightning_cl", "fit", "--print_config"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "lightning_cl.benchmarks.SplitDigits" in out.stdout and "lightning_cl.models.Classifier" in out.stdout

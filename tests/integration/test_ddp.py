@@ -25,14 +25,24 @@ def odd_stream():
 
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0"
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
     )
     torch.manual_seed(0)
     model = ContinualModule(TinyClassifier(in_features=8, num_classes=6))
     trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=2)
     result = fit_stream(trainer, model, odd_stream())
     torch.save(
-        {"R": result.accuracy_matrix, "initial": result.initial_accuracy, "state": model.state_dict(), "steps": trainer.global_step},
+        {
+            "R": result.accuracy_matrix,
+            "initial": result.initial_accuracy,
+            "state": model.state_dict(),
+            "steps": trainer.global_step,
+        },
         Path(out) / f"rank{rank}.pt",
     )
 

@@ -17,7 +17,9 @@ def _check_matrix(R: Tensor) -> Tensor:
     if not isinstance(R, Tensor):
         raise TypeError(f"`R`: expected a torch.Tensor, got {type(R).__name__}.")
     if R.dim() != 2 or R.shape[0] < 1 or R.shape[1] < 1:
-        raise ValueError(f"`R`: expected a non-empty 2-D accuracy matrix [rows, experiences], got shape {tuple(R.shape)}.")
+        raise ValueError(
+            f"`R`: expected a non-empty 2-D accuracy matrix [rows, experiences], got shape {tuple(R.shape)}."
+        )
     if R.shape[0] > R.shape[1] and R.shape[1] > 1:
         raise ValueError(
             f"`R`: expected at most as many rows (trained experiences) as columns (test experiences), "
