@@ -249,6 +249,8 @@ class ContinualModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if "setup" in self._user_hooks:
             self._call_user("setup", stage)
+        if stage not in ("fit", "test"):
+            return  # validate / predict on any data: nothing of the stream is involved
         dm = self.datamodule
         num_test = len(dm.test_stream)
         if self.stream_accuracy is None or self.stream_accuracy.num_experiences != num_test:

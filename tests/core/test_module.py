@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -325,3 +326,54 @@ def test_checkpoint_of_a_wrapped_run_loads_into_the_bare_module(tmp_path: Any) -
     for (k1, v1), (k2, v2) in zip(bare.state_dict().items(), model.module.state_dict().items()):
         assert k1 == k2
         torch.testing.assert_close(v1, v2)
+
+
+def test_model_checkpoint_best_is_per_experience(tmp_path: Any) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Rising(TinyClassifier):
+        """A monitored loss that grows with the epoch: only the first epoch of the stream would ever be 'best'."""
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            self.log("score", float(self.current_epoch), on_step=False, on_epoch=True)
+            return loss
+
+    saver = ModelCheckpoint(dirpath=tmp_path, monitor="score", mode="min", save_top_k=1, filename="{epoch}")
+    dm = stream()
+    model = ContinualModule(Rising(in_features=8, num_classes=6))
+    trainer = quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saver])
+    best = []
+    for _ in range(3):
+        trainer.fit(model, datamodule=dm)
+        best.append(Path(saver.best_model_path).name)
+    assert best == ["epoch=0.ckpt", "epoch=2.ckpt", "epoch=4.ckpt"]  # the first epoch of each experience
+
+
+def test_predict_on_plain_dataloaders_needs_no_stream() -> None:
+    model = ContinualModule(tiny())
+    loader = torch.utils.data.DataLoader(torch.randn(5, 8), batch_size=2)
+    predictions = quiet_trainer().predict(model, dataloaders=loader)
+    assert torch.cat(predictions).shape == (5, 6)
+
+
+def test_stream_metrics_are_logged_at_the_global_step(tmp_path: Any) -> None:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm, model = stream(), ContinualModule(tiny())
+    trainer = quiet_trainer(max_epochs=2, logger=CSVLogger(tmp_path, name="run"))
+    steps = [0]
+    trainer.test(model, datamodule=dm, verbose=False)
+    for _ in range(3):
+        trainer.fit(model, datamodule=dm)
+        trainer.test(model, datamodule=dm, verbose=False)
+        steps.append(trainer.global_step)
+    rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
+    logged = [int(r["step"]) for r in rows if r.get("test/acc_exp0")]
+    assert logged == steps == [0, 6, 12, 18]
+    stream_rows = [r for r in rows if r.get("stream/average_accuracy")]
+    assert [int(r["step"]) for r in stream_rows] == [6, 12, 18]
+    assert float(stream_rows[-1]["stream/average_accuracy"]) == pytest.approx(model.stream_result.average_accuracy)
+    assert any(r.get("train/loss") for r in rows)
