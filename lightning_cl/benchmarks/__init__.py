@@ -5,11 +5,13 @@ from lightning_cl.benchmarks.digits import SplitDigits
 from lightning_cl.benchmarks.domain_incremental import domain_incremental
 from lightning_cl.benchmarks.joint import JointTraining
 from lightning_cl.benchmarks.mnist import SplitMNIST
+from lightning_cl.benchmarks.split import ClassSplit
 from lightning_cl.benchmarks.task_incremental import task_incremental
 from lightning_cl.benchmarks.tensors import from_tensors
 from lightning_cl.benchmarks.transforms import Normalize
 
 __all__ = [
+    "ClassSplit",
     "JointTraining",
     "Normalize",
     "SplitDigits",

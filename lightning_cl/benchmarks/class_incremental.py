@@ -131,6 +131,7 @@ def class_incremental(
     class_order: Sequence[int] | None = None,
     seed: int = 0,
     task_labels: bool = False,
+    class_ids_from_zero_in_each_exp: bool = False,
     batch_size: int = 32,
     eval_batch_size: int | None = None,
     num_workers: int = 0,
@@ -150,6 +151,8 @@ def class_incremental(
             by default the classes are shuffled with ``seed``.
         seed: seed of the class order.
         task_labels: add the experience index as a task label: batches become ``(x, y, t)``.
+        class_ids_from_zero_in_each_exp: renumber the classes of each experience from 0, in
+            their arrival order (what :func:`task_incremental` does).
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
@@ -174,6 +177,7 @@ def class_incremental(
         class_order=class_order,
         seed=seed,
         task_labels=task_labels,
+        class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
     )
     return StreamDataModule(
         train, test, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed

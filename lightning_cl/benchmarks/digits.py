@@ -9,12 +9,11 @@ from importlib import resources
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
-from lightning_cl.benchmarks.class_incremental import split_by_class
+from lightning_cl.benchmarks.split import ClassSplit
 from lightning_cl.benchmarks.transforms import Normalize
 from lightning_cl.core.data import InMemoryDataset
-from lightning_cl.core.datamodule import StreamDataModule
-from lightning_cl.core.experience import Experience
 
 DIGITS_SAMPLES = 1797
 DIGITS_TEST_FRACTION = 0.25
@@ -44,7 +43,7 @@ def stratified_split(targets: Tensor, test_fraction: float, seed: int) -> tuple[
     return torch.cat(train).sort().values, torch.cat(test).sort().values
 
 
-class SplitDigits(StreamDataModule):
+class SplitDigits(ClassSplit):
     """Class-incremental 8x8 digits, embedded in the package: the quickstart stream.
 
     1,797 images of 10 digit classes (UCI optical digits, as bundled with scikit-learn), split
@@ -77,22 +76,12 @@ class SplitDigits(StreamDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
         self.save_hyperparameters()
-        self.class_order = None if class_order is None else list(class_order)
-        self.task_labels = task_labels
-        self._num_experiences = num_experiences
         self.train_stream  # noqa: B018 - the data is embedded: build now so bad arguments fail here
 
-    def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
+    def load_datasets(self) -> tuple[Dataset, Dataset]:
         images, targets = load_digits()
         train_index, test_index = stratified_split(targets, DIGITS_TEST_FRACTION, seed=0)
         data = InMemoryDataset(images, targets, transform=Normalize([0.0], [1.0], scale=1 / 16))
-        return split_by_class(
-            data.subset(train_index),
-            data.subset(test_index),
-            num_experiences=self._num_experiences,
-            class_order=self.class_order,
-            seed=self.seed,
-            task_labels=self.task_labels,
-        )
+        return data.subset(train_index), data.subset(test_index)

@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torchvision
+from torch.utils.data import Dataset
 
-from lightning_cl.benchmarks.class_incremental import split_by_class
+from lightning_cl.benchmarks.split import ClassSplit
 from lightning_cl.benchmarks.transforms import Normalize
 from lightning_cl.core.data import InMemoryDataset
-from lightning_cl.core.datamodule import StreamDataModule
-from lightning_cl.core.experience import Experience
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -34,7 +33,7 @@ def load_mnist(root: str | Path, train: bool) -> InMemoryDataset:
     return InMemoryDataset(images, data.targets, transform=Normalize([MNIST_MEAN], [MNIST_STD], scale=1 / 255))
 
 
-class SplitMNIST(StreamDataModule):
+class SplitMNIST(ClassSplit):
     """Class-incremental MNIST: 10 digits in ``num_experiences`` experiences (5 by default).
 
     The 60,000 train and 10,000 test images are held in memory as uint8 tensors and normalised
@@ -64,34 +63,19 @@ class SplitMNIST(StreamDataModule):
         num_workers: int = 0,
         download: bool = True,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
         self.save_hyperparameters()
         self.root = Path(root)
-        self.class_order = None if class_order is None else list(class_order)
-        self.task_labels = task_labels
         self.download = download
-        self._num_experiences = num_experiences
 
     @property
     def num_classes(self) -> int:
         return 10
-
-    @property
-    def num_experiences(self) -> int:
-        # known without reading the data, so the CLI can link it before prepare_data
-        return self._num_experiences
 
     def prepare_data(self) -> None:
         if self.download:
             for train in (True, False):
                 torchvision.datasets.MNIST(str(self.root), train=train, download=True)
 
-    def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
-        return split_by_class(
-            load_mnist(self.root, train=True),
-            load_mnist(self.root, train=False),
-            num_experiences=self._num_experiences,
-            class_order=self.class_order,
-            seed=self.seed,
-            task_labels=self.task_labels,
-        )
+    def load_datasets(self) -> tuple[Dataset, Dataset]:
+        return load_mnist(self.root, train=True), load_mnist(self.root, train=False)

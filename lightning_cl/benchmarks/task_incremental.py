@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch.utils.data import Dataset
 
-from lightning_cl.benchmarks.class_incremental import split_by_class
+from lightning_cl.benchmarks.class_incremental import class_incremental
 from lightning_cl.core.datamodule import StreamDataModule
 
 
@@ -39,7 +39,7 @@ def task_incremental(
         >>> int(t)
         1
     """
-    train, test = split_by_class(
+    return class_incremental(
         train_dataset,
         test_dataset,
         num_experiences=num_experiences,
@@ -48,7 +48,7 @@ def task_incremental(
         seed=seed,
         task_labels=True,
         class_ids_from_zero_in_each_exp=True,
-    )
-    return StreamDataModule(
-        train, test, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        num_workers=num_workers,
     )
