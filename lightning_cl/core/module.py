@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import copy
 import time
 from collections.abc import Callable, Mapping
 from types import MethodType
@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_cl.core.callback import TrainingStep, continual_callbacks
 from lightning_cl.core.datamodule import StreamDataModule
+from lightning_cl.core.dynamic import DynamicModule, forward_logits, forward_takes_task_labels
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.result import StreamResult
 from lightning_cl.metrics import functional as F
@@ -74,6 +75,7 @@ _FORWARDED_HOOKS = (
 # Hooks ContinualModule implements itself; each also calls the user's override.
 _OWN_HOOKS = (
     "setup",
+    "on_fit_start",
     "teardown",
     "on_train_start",
     "on_train_end",
@@ -91,14 +93,6 @@ def _forwarder(name: str) -> Callable[..., Any]:
 
     hook.__name__ = name
     return hook
-
-
-def _forward_takes_task_labels(module: L.LightningModule) -> bool:
-    params = inspect.signature(module.forward).parameters.values()
-    if any(p.name == "task_labels" for p in params):
-        return True
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2
 
 
 class ContinualModule(L.LightningModule):
@@ -130,12 +124,17 @@ class ContinualModule(L.LightningModule):
         module: the LightningModule to train over the stream.
         log_loss_on_step: also log ``train/loss`` every step (one ``self.log`` per step is a
             measurable cost on small models, so the default is per epoch only).
+        keep_optimizer_state: carry the optimizer state (e.g. Adam moments) of every parameter
+            whose name and shape are unchanged into the next experience's new optimizer; new or
+            grown parameters start fresh. By default each experience starts from a fresh state.
 
     Raises:
         TypeError: if ``module`` is not a LightningModule or defines no ``forward``.
     """
 
-    def __init__(self, module: L.LightningModule, *, log_loss_on_step: bool = False) -> None:
+    def __init__(
+        self, module: L.LightningModule, *, log_loss_on_step: bool = False, keep_optimizer_state: bool = False
+    ) -> None:
         super().__init__()
         if isinstance(module, ContinualModule):
             raise TypeError("`module`: expected the user's LightningModule, got a ContinualModule (wrap once).")
@@ -153,10 +152,12 @@ class ContinualModule(L.LightningModule):
             raise TypeError(f"`module`: {type(module).__name__} defines no `training_step`.")
         self.module = module
         self.log_loss_on_step = log_loss_on_step
+        self.keep_optimizer_state = keep_optimizer_state
+        self._optimizer_state: dict[str, dict[str, Any]] = {}
         self._user_hooks = {name for name in _FORWARDED_HOOKS + _OWN_HOOKS if is_overridden(name, module)}
         for name in self._user_hooks.intersection(_FORWARDED_HOOKS) - set(vars(ContinualModule)):
             self.__dict__[name] = MethodType(_forwarder(name), self)
-        self._takes_task_labels = _forward_takes_task_labels(module)
+        self._takes_task_labels = forward_takes_task_labels(module)
         self.stream_accuracy: StreamAccuracy | None = None
         self._rows: dict[int, Tensor] = {}
         self._initial: Tensor | None = None
@@ -220,16 +221,7 @@ class ContinualModule(L.LightningModule):
 
     def predict_logits(self, batch: Any) -> Tensor:
         """Logits of an ``(x, y[, t])`` batch, passing task labels to a ``forward`` that takes them."""
-        x = batch[0]
-        if self._takes_task_labels:
-            task_labels = batch[2] if len(batch) > 2 else torch.zeros(len(x), dtype=torch.long, device=x.device)
-            logits = self.module(x, task_labels)
-        else:
-            logits = self.module(x)
-        if not isinstance(logits, Tensor) or logits.dim() != 2:
-            got = type(logits).__name__ if not isinstance(logits, Tensor) else f"shape {tuple(logits.shape)}"
-            raise TypeError(f"{type(self.module).__name__}.forward: expected logits [B, C], got {got}.")
-        return logits
+        return forward_logits(self.module, batch, self._takes_task_labels)
 
     def _check_outputs(self, num_outputs: int, experience: Experience, stream: str) -> None:
         key = (stream, experience.index)
@@ -263,6 +255,9 @@ class ContinualModule(L.LightningModule):
         self._fit_started = time.perf_counter()
         if starting and experience is not None:
             self._reset_monitors()
+            for layer in self.module.modules():
+                if isinstance(layer, DynamicModule):
+                    layer.adaptation(experience)
             for callback in continual_callbacks(self.trainer):
                 callback.on_experience_start(self.trainer, self, experience)
 
@@ -279,6 +274,44 @@ class ContinualModule(L.LightningModule):
                 callback.best_model_score = None
                 callback.best_model_path = ""
                 callback.kth_value = torch.tensor(torch.inf if callback.mode == "min" else -torch.inf)
+
+    def on_fit_start(self) -> None:
+        if self.keep_optimizer_state and self._optimizer_state:
+            self._restore_optimizer_state()
+        if "on_fit_start" in self._user_hooks:
+            self._call_user("on_fit_start")
+
+    def _parameters_by_optimizer(self) -> list[tuple[Any, dict[str, Tensor]]]:
+        names = {id(p): name for name, p in self.module.named_parameters()}
+        result = []
+        for optimizer in self.trainer.optimizers:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            result.append((optimizer, {names[id(p)]: p for p in params if id(p) in names}))
+        return result
+
+    def _save_optimizer_state(self) -> None:
+        saved: dict[str, dict[str, Any]] = {}
+        for optimizer, params in self._parameters_by_optimizer():
+            for name, p in params.items():
+                if p in optimizer.state:
+                    saved[name] = {
+                        k: v.detach().cpu().clone() if isinstance(v, Tensor) else v
+                        for k, v in optimizer.state[p].items()
+                    }
+        self._optimizer_state = saved
+
+    def _restore_optimizer_state(self) -> None:
+        for optimizer, params in self._parameters_by_optimizer():
+            for name, p in params.items():
+                state = self._optimizer_state.get(name)
+                # a grown parameter has other moments' shapes: it starts fresh
+                if state is None or any(
+                    isinstance(v, Tensor) and v.dim() and v.shape != p.shape for v in state.values()
+                ):
+                    continue
+                optimizer.state[p] = {
+                    k: copy.deepcopy(v).to(p.device) if isinstance(v, Tensor) else v for k, v in state.items()
+                }
 
     def on_train_start(self) -> None:
         experience = self._experience
@@ -298,6 +331,8 @@ class ContinualModule(L.LightningModule):
         self._check_outputs(num_outputs, experience, "train")
 
     def on_train_end(self) -> None:
+        if self.keep_optimizer_state:
+            self._save_optimizer_state()
         self._end_experience()
         if "on_train_end" in self._user_hooks:
             self._call_user("on_train_end")
@@ -485,6 +520,7 @@ class ContinualModule(L.LightningModule):
             "rows": {i: row.clone() for i, row in self._rows.items()},
             "initial": None if self._initial is None else self._initial.clone(),
             "fit_seconds": dict(self._fit_seconds),
+            "optimizer_state": self._optimizer_state,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -493,6 +529,7 @@ class ContinualModule(L.LightningModule):
             self._rows = {int(i): row for i, row in state.get("rows", {}).items()}
             self._initial = state.get("initial")
             self._fit_seconds = {int(i): float(s) for i, s in state.get("fit_seconds", {}).items()}
+            self._optimizer_state = state.get("optimizer_state", {})
         if "on_load_checkpoint" in self._user_hooks:
             self._call_user("on_load_checkpoint", checkpoint)
 

@@ -370,10 +370,52 @@ def test_stream_metrics_are_logged_at_the_global_step(tmp_path: Any) -> None:
         trainer.fit(model, datamodule=dm)
         trainer.test(model, datamodule=dm, verbose=False)
         steps.append(trainer.global_step)
-    rows = list(csv.DictReader(open(trainer.logger.log_dir + "/metrics.csv")))
+    with open(trainer.logger.log_dir + "/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     logged = [int(r["step"]) for r in rows if r.get("test/acc_exp0")]
     assert logged == steps == [0, 6, 12, 18]
     stream_rows = [r for r in rows if r.get("stream/average_accuracy")]
     assert [int(r["step"]) for r in stream_rows] == [6, 12, 18]
     assert float(stream_rows[-1]["stream/average_accuracy"]) == pytest.approx(model.stream_result.average_accuracy)
     assert any(r.get("train/loss") for r in rows)
+
+
+class AdamClassifier(TinyClassifier):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        return self.optimizer
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_optimizer_state_across_experiences(keep: bool) -> None:
+    class Grow(ContinualCallback):
+        """Replaces the last layer at experience 1 by a wider one (as a growing head would)."""
+
+        def on_experience_start(self, trainer: Any, pl_module: Any, experience: Any) -> None:
+            if experience.index == 1:
+                pl_module.module.net[3] = nn.Linear(32, 7)
+
+    seen: dict[str, Any] = {}
+
+    class Spy(ContinualCallback):
+        def on_experience_end(self, trainer: Any, pl_module: Any, experience: Any) -> None:
+            optimizer = pl_module.module.optimizer
+            seen["end"] = {n: optimizer.state[p]["exp_avg"].clone() for n, p in pl_module.module.named_parameters()}
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            optimizer = pl_module.module.optimizer
+            state = {n: optimizer.state[p].get("exp_avg") for n, p in pl_module.module.named_parameters()}
+            seen["start"] = {n: None if v is None else v.clone() for n, v in state.items()}  # Adam updates in place
+
+    model = ContinualModule(AdamClassifier(in_features=8, num_classes=6), keep_optimizer_state=keep)
+    trainer = quiet_trainer(callbacks=[Grow(), Spy()])
+    dm = stream()
+    trainer.fit(model, datamodule=dm)
+    end_of_first = seen["end"]
+    trainer.fit(model, datamodule=dm)
+    start = seen["start"]
+    if keep:
+        torch.testing.assert_close(start["net.1.weight"], end_of_first["net.1.weight"])
+    else:
+        assert start["net.1.weight"] is None
+    assert start["net.3.weight"] is None  # the grown layer starts fresh either way
