@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
-import torchvision
+from _mnist import DEFAULT_DATA, stage_mnist
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
@@ -39,10 +37,7 @@ BATCH, EVAL_BATCH, EXPERIENCES = 128, 1000, 5
 
 
 def mnist_tensors(root: Path) -> tuple[torch.Tensor, ...]:
-    staged = Path(tempfile.mkdtemp())
-    shutil.copytree(root / "MNIST" / "raw", staged / "MNIST" / "raw")
-    for train in (True, False):  # extracts the .gz files, checking their md5 (no download)
-        torchvision.datasets.MNIST(str(staged), train=train, download=True)
+    staged = stage_mnist(root)
     tensors = []
     for train in (True, False):
         data = load_mnist(staged, train=train)
@@ -160,9 +155,8 @@ def run_lightning_cl(data: tuple[torch.Tensor, ...]) -> float:
 
 
 def main() -> None:
-    default_root = os.environ.get("LIGHTNING_CL_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, default=Path(default_root))
+    parser.add_argument("--root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")

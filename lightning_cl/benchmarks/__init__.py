@@ -4,16 +4,18 @@ from lightning_cl.benchmarks.class_incremental import class_incremental
 from lightning_cl.benchmarks.digits import SplitDigits
 from lightning_cl.benchmarks.domain_incremental import domain_incremental
 from lightning_cl.benchmarks.joint import JointTraining
-from lightning_cl.benchmarks.mnist import SplitMNIST
+from lightning_cl.benchmarks.mnist import PermutedMNIST, SplitMNIST
 from lightning_cl.benchmarks.split import ClassSplit
 from lightning_cl.benchmarks.task_incremental import task_incremental
 from lightning_cl.benchmarks.tensors import from_tensors
-from lightning_cl.benchmarks.transforms import Normalize
+from lightning_cl.benchmarks.transforms import Normalize, Permute
 
 __all__ = [
     "ClassSplit",
     "JointTraining",
     "Normalize",
+    "Permute",
+    "PermutedMNIST",
     "SplitDigits",
     "SplitMNIST",
     "class_incremental",

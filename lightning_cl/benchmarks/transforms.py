@@ -32,3 +32,23 @@ class Normalize:
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()}, scale={self.scale})"
+
+
+class Permute:
+    """A fixed permutation of the pixels of a batch ``[B, ...]`` (PermutedMNIST).
+
+    Args:
+        permutation: a permutation of ``range(number of pixels)``.
+    """
+
+    def __init__(self, permutation: Tensor) -> None:
+        permutation = torch.as_tensor(permutation, dtype=torch.long)
+        if not torch.equal(permutation.sort().values, torch.arange(len(permutation))):
+            raise ValueError(f"`permutation`: expected a permutation of 0..{len(permutation) - 1}.")
+        self.permutation = permutation
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.reshape(len(x), -1)[:, self.permutation].reshape(x.shape)
+
+    def __repr__(self) -> str:
+        return f"Permute(pixels={len(self.permutation)})"

@@ -103,3 +103,26 @@ def test_num_classes_and_experiences_are_known_before_loading(tmp_path: Path) ->
     assert dm.num_classes == 10
     assert dm.num_experiences == 2
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.data
+def test_permuted_mnist_permutes_every_experience(prepared: tuple[Path, SplitMNIST]) -> None:
+    from lightning_cl.benchmarks import PermutedMNIST
+
+    root, split = prepared
+    dm = PermutedMNIST(root=root, num_experiences=3, seed=1, download=False)
+    assert (dm.num_experiences, dm.num_classes) == (3, 10)
+    permutations = dm.permutations()
+    assert all(not torch.equal(permutations[0], p) for p in permutations[1:])
+    assert all(torch.equal(a, b) for a, b in zip(permutations, PermutedMNIST(root=root, seed=1).permutations()))
+    plain = split.train_stream[0].dataset  # classes 0, 1 of the unpermuted data
+    index = plain.indices[:5]
+    x_plain = InMemoryDataset(plain.inputs, torch.zeros(len(plain.inputs), dtype=torch.long), transform=plain.transform)
+    reference = x_plain.__getitems__(index.tolist()).tensors[0].reshape(5, -1)
+    for k, experience in enumerate(dm.train_stream):
+        assert len(experience) == 60000 and experience.classes_in_this_experience == tuple(range(10))
+        x, y = experience.dataset.__getitems__(index.tolist()).tensors
+        torch.testing.assert_close(x.reshape(5, -1), reference[:, permutations[k]])
+        x0, _ = experience.dataset[int(index[0])]
+        torch.testing.assert_close(x0, x[0])
+    assert [len(e) for e in dm.test_stream] == [10000] * 3
