@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny models gain nothing from intra-op threads, and on 2 cores a second thread per process
+# oversubscribes the CPU as soon as anything else runs (two-process DDP tests included).
+torch.set_num_threads(1)
 
 
 def data_root() -> Path:
@@ -85,3 +92,28 @@ def make_tensor_stream(num_experiences: int = 3, per_class: int = 20, num_classe
     kwargs.setdefault("class_order", list(range(num_classes)))
     kwargs.setdefault("batch_size", 16)
     return from_tensors(x, y, x.clone(), y.clone(), num_experiences=num_experiences, **kwargs)
+
+
+def _ddp_entry(rank: int, port: int, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
+    torch.set_num_threads(1)
+    fn(rank, *args)
+
+
+def run_two_processes(fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(rank, *args)`` in two processes that form a gloo process group.
+
+    The environment variables make Lightning join the group (``strategy="ddp"``) instead of
+    re-running the pytest command line; ``fn`` must be a module-level function.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_entry, args=(port, fn, args), nprocs=2, join=True)

@@ -16,12 +16,20 @@ class DynamicModule(nn.Module):
 
     :class:`~lightning_cl.ContinualModule` calls :meth:`adaptation` on every ``DynamicModule``
     inside the user's module when an experience starts: before the optimizer is created and
-    before DDP wraps the model, so new parameters are optimised and synced. A user who puts one in
+    before DDP wraps the model, so new parameters are optimised and synced. Before a stream
+    evaluation it calls :meth:`eval_adaptation` with each test experience. A user who puts one in
     their own LightningModule gets it adapted with no extra code.
     """
 
     def adaptation(self, experience: Experience) -> None:
         """Adapt to ``experience`` (the train experience about to be trained)."""
+
+    def eval_adaptation(self, experience: Experience) -> None:
+        """Be able to evaluate ``experience`` of the test stream (e.g. grow outputs, kept masked).
+
+        Called for every test experience when ``trainer.test`` starts; it must not make the
+        model learn anything, and calling it twice must change nothing more.
+        """
 
 
 def forward_takes_task_labels(model: nn.Module) -> bool:

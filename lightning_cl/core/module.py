@@ -247,6 +247,11 @@ class ContinualModule(L.LightningModule):
         num_test = len(dm.test_stream)
         if self.stream_accuracy is None or self.stream_accuracy.num_experiences != num_test:
             self.stream_accuracy = StreamAccuracy(num_test)
+        if stage == "test":
+            # listed first: adaptation may add modules (heads, columns)
+            for layer in [m for m in self.module.modules() if isinstance(m, DynamicModule)]:
+                for test_experience in dm.test_stream:
+                    layer.eval_adaptation(test_experience)
         if stage != "fit":
             return
         experience, starting = dm._begin_fit(self.trainer)
@@ -255,9 +260,8 @@ class ContinualModule(L.LightningModule):
         self._fit_started = time.perf_counter()
         if starting and experience is not None:
             self._reset_monitors()
-            for layer in self.module.modules():
-                if isinstance(layer, DynamicModule):
-                    layer.adaptation(experience)
+            for layer in [m for m in self.module.modules() if isinstance(m, DynamicModule)]:
+                layer.adaptation(experience)
             for callback in continual_callbacks(self.trainer):
                 callback.on_experience_start(self.trainer, self, experience)
 

@@ -1,6 +1,21 @@
-"""Reference backbones and a plain classifier LightningModule."""
+"""Dynamic heads (adapted to each experience automatically), reference backbones, a plain classifier."""
 
+from lightning_cl.core.dynamic import DynamicModule
+from lightning_cl.models.backbones import ResNet32, SimpleCNN, SlimResNet18
 from lightning_cl.models.classifier import Classifier
+from lightning_cl.models.incremental import IncrementalClassifier
 from lightning_cl.models.mlp import MLP
+from lightning_cl.models.multihead import MultiHeadClassifier
+from lightning_cl.models.pnn import PNN
 
-__all__ = ["MLP", "Classifier"]
+__all__ = [
+    "MLP",
+    "PNN",
+    "Classifier",
+    "DynamicModule",
+    "IncrementalClassifier",
+    "MultiHeadClassifier",
+    "ResNet32",
+    "SimpleCNN",
+    "SlimResNet18",
+]

@@ -121,7 +121,7 @@ def test_permuted_mnist_permutes_every_experience(prepared: tuple[Path, SplitMNI
     reference = x_plain.__getitems__(index.tolist()).tensors[0].reshape(5, -1)
     for k, experience in enumerate(dm.train_stream):
         assert len(experience) == 60000 and experience.classes_in_this_experience == tuple(range(10))
-        x, y = experience.dataset.__getitems__(index.tolist()).tensors
+        x, _ = experience.dataset.__getitems__(index.tolist()).tensors
         torch.testing.assert_close(x.reshape(5, -1), reference[:, permutations[k]])
         x0, _ = experience.dataset[int(index[0])]
         torch.testing.assert_close(x0, x[0])

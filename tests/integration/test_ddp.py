@@ -6,16 +6,13 @@ Lightning joins them instead of re-running the pytest command line.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from lightning_cl import ContinualModule, fit_stream
-from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer
+from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer, run_two_processes
 
 
 def odd_stream():
@@ -23,15 +20,7 @@ def odd_stream():
     return make_tensor_stream(num_experiences=2, per_class=21, num_classes=6)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        WORLD_SIZE="2",
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-    )
+def _worker(rank: int, out: str) -> None:
     torch.manual_seed(0)
     model = ContinualModule(TinyClassifier(in_features=8, num_classes=6))
     trainer = quiet_trainer(devices=2, strategy="ddp", max_epochs=2)
@@ -47,15 +36,9 @@ def _worker(rank: int, port: int, out: str) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.ddp
 def test_two_processes(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_two_processes(_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     torch.testing.assert_close(ranks[0]["R"], ranks[1]["R"], rtol=0, atol=0)
     for k, v in ranks[0]["state"].items():
