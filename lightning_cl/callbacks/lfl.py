@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_cl.callbacks._common import check_length, check_weight, restore_snapshot, snapshot, weight_at
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience
@@ -82,7 +80,7 @@ class LFL(ContinualCallback):
     """
 
     def __init__(self, lambda_e: float | Sequence[float]) -> None:
-        self.lambda_e = _check_weight(lambda_e, "lambda_e")
+        self.lambda_e = check_weight(lambda_e, "lambda_e")
         self._experience: int = -1
         self._teacher: nn.Module | None = None
         # old-model weights from load_state_dict, placed into a copy of the model at first use
@@ -107,7 +105,7 @@ class LFL(ContinualCallback):
             _freeze(pl_module.module, self._path)
 
     def on_experience_start(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
-        _check_length(self.lambda_e, "lambda_e", len(pl_module.datamodule.train_stream))
+        check_length(self.lambda_e, "lambda_e", len(pl_module.datamodule.train_stream))
         _, self._path = _feature_module(pl_module.module)
         self._experience = experience.index
         self._pending = None
@@ -115,12 +113,12 @@ class LFL(ContinualCallback):
             self._teacher = None
             return
         _freeze(pl_module.module, self._path)
-        self._teacher = _snapshot(pl_module.module)
+        self._teacher = snapshot(pl_module.module)
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
         if self._experience < 1:
             return {}
-        lambda_e = _weight_at(self.lambda_e, self._experience)
+        lambda_e = weight_at(self.lambda_e, self._experience)
         if lambda_e == 0.0:
             return {}
         student = step.module.module
@@ -144,7 +142,7 @@ class LFL(ContinualCallback):
         if self._teacher is None:
             if self._pending is None:
                 raise RuntimeError("LFL: no old model for this experience (on_experience_start was not called).")
-            self._teacher = _restore(student, self._pending)
+            self._teacher = restore_snapshot(student, self._pending, "LFL")
             self._pending = None
         reference = next(student.parameters(), None)
         current = next(self._teacher.parameters(), None)
@@ -215,55 +213,3 @@ def _freeze(model: nn.Module, path: str) -> None:
     owner = model.get_submodule(path) if path else model
     classifier: nn.Module = owner.classifier  # type: ignore[assignment]
     classifier.requires_grad_(False)
-
-
-def _check_weight(value: Any, name: str) -> float | tuple[float, ...]:
-    """A non-negative weight, or a non-empty sequence of them (one per experience)."""
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        if len(value) == 0:
-            raise ValueError(f"`{name}`: expected a non-negative number or one per experience, got an empty list.")
-        return tuple(_check_number(v, f"{name}[{i}]") for i, v in enumerate(value))
-    return _check_number(value, name)
-
-
-def _check_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"`{name}`: expected a non-negative number or a list of them, got {type(value).__name__} {value!r}."
-        )
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise ValueError(f"`{name}`: expected a non-negative finite number, got {value!r}.")
-    return number
-
-
-def _check_length(weight: float | tuple[float, ...], name: str, num_experiences: int) -> None:
-    if isinstance(weight, tuple) and len(weight) != num_experiences:
-        raise ValueError(
-            f"`{name}`: expected one value per experience ({num_experiences} for this stream), "
-            f"got {len(weight)} values {list(weight)}."
-        )
-
-
-def _weight_at(weight: float | tuple[float, ...], index: int) -> float:
-    return weight[index] if isinstance(weight, tuple) else weight
-
-
-def _snapshot(module: nn.Module) -> nn.Module:
-    """A frozen copy of ``module``: eval mode, no gradients (LightningModule drops its trainer)."""
-    old = copy.deepcopy(module)
-    old.eval()
-    old.requires_grad_(False)
-    return old
-
-
-def _restore(student: nn.Module, weights: dict[str, Tensor]) -> nn.Module:
-    old = _snapshot(student)
-    try:
-        old.load_state_dict(weights)
-    except RuntimeError as error:
-        raise RuntimeError(
-            f"LFL: the old model saved in the checkpoint does not fit {type(student).__name__} as it is now "
-            f"(was the model changed since?): {error}"
-        ) from error
-    return old

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from lightning_cl.callbacks._common import check_length, check_weight, restore_snapshot, snapshot, weight_at
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.data import collate
 from lightning_cl.core.datamodule import StreamDataModule
@@ -98,7 +98,7 @@ class LwF(ContinualCallback):
     """
 
     def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0) -> None:
-        self.alpha = _check_weight(alpha, "alpha")
+        self.alpha = check_weight(alpha, "alpha")
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
             raise TypeError(f"`temperature`: expected a positive number, got {type(temperature).__name__}.")
         if not (math.isfinite(temperature) and temperature > 0):
@@ -135,7 +135,7 @@ class LwF(ContinualCallback):
 
     def on_experience_start(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
         stream = pl_module.datamodule.train_stream
-        _check_length(self.alpha, "alpha", len(stream))
+        check_length(self.alpha, "alpha", len(stream))
         self._experience = experience.index
         self._task_label = experience.task_label
         self._takes_task_labels = forward_takes_task_labels(pl_module.module)
@@ -148,12 +148,12 @@ class LwF(ContinualCallback):
             active.setdefault(earlier.task_label, set()).update(earlier.classes_in_this_experience)
         self._active = {task: tuple(sorted(classes)) for task, classes in sorted(active.items())}
         # taken after the model's adaptation to this experience: same shapes as the student
-        self._teacher = _snapshot(pl_module.module)
+        self._teacher = snapshot(pl_module.module)
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
         if self._experience < 1 or not self._active:
             return {}
-        alpha = _weight_at(self.alpha, self._experience)
+        alpha = weight_at(self.alpha, self._experience)
         if alpha == 0.0:
             return {}
         student = step.module.module
@@ -190,7 +190,7 @@ class LwF(ContinualCallback):
         if self._teacher is None:
             if self._pending is None:
                 raise RuntimeError("LwF: no teacher for this experience (on_experience_start was not called).")
-            self._teacher = _restore(student, self._pending)
+            self._teacher = restore_snapshot(student, self._pending, "LwF")
             self._pending = None
         reference = next(student.parameters(), None)
         current = next(self._teacher.parameters(), None)
@@ -225,58 +225,6 @@ class LwF(ContinualCallback):
         self._teacher = None
         self._pending = None if teacher is None else {k: torch.as_tensor(v) for k, v in teacher.items()}
         self._takes_task_labels = None
-
-
-def _check_weight(value: Any, name: str) -> float | tuple[float, ...]:
-    """A non-negative weight, or a non-empty sequence of them (one per experience)."""
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        if len(value) == 0:
-            raise ValueError(f"`{name}`: expected a non-negative number or one per experience, got an empty list.")
-        return tuple(_check_number(v, f"{name}[{i}]") for i, v in enumerate(value))
-    return _check_number(value, name)
-
-
-def _check_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"`{name}`: expected a non-negative number or a list of them, got {type(value).__name__} {value!r}."
-        )
-    number = float(value)
-    if not (math.isfinite(number) and number >= 0):
-        raise ValueError(f"`{name}`: expected a non-negative finite number, got {value!r}.")
-    return number
-
-
-def _check_length(weight: float | tuple[float, ...], name: str, num_experiences: int) -> None:
-    if isinstance(weight, tuple) and len(weight) != num_experiences:
-        raise ValueError(
-            f"`{name}`: expected one value per experience ({num_experiences} for this stream), "
-            f"got {len(weight)} values {list(weight)}."
-        )
-
-
-def _weight_at(weight: float | tuple[float, ...], index: int) -> float:
-    return weight[index] if isinstance(weight, tuple) else weight
-
-
-def _snapshot(module: nn.Module) -> nn.Module:
-    """A frozen copy of ``module``: eval mode, no gradients (LightningModule drops its trainer)."""
-    teacher = copy.deepcopy(module)
-    teacher.eval()
-    teacher.requires_grad_(False)
-    return teacher
-
-
-def _restore(student: nn.Module, weights: dict[str, Tensor]) -> nn.Module:
-    teacher = _snapshot(student)
-    try:
-        teacher.load_state_dict(weights)
-    except RuntimeError as error:
-        raise RuntimeError(
-            f"LwF: the teacher saved in the checkpoint does not fit {type(student).__name__} as it is now "
-            f"(was the model changed since?): {error}"
-        ) from error
-    return teacher
 
 
 def _logits(model: nn.Module, batch: Any, takes_task_labels: bool) -> Tensor:
