@@ -443,12 +443,14 @@ class ContinualModule(L.LightningModule):
             self._call_user("on_train_epoch_end")
 
     # ---------------------------------------------------------------------------- evaluation
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         assert self.stream_accuracy is not None  # for mypy: created in setup
         logits = self.predict_logits(batch)
         experience = self.datamodule.test_stream[dataloader_idx]
         self._check_outputs(logits.shape[-1], experience, "test")
         self.stream_accuracy.update(logits, batch[1], dataloader_idx)
+        # callbacks' on_test_batch_end receives this (Lightning keeps no step outputs)
+        return {"logits": logits}
 
     def on_test_epoch_end(self) -> None:
         assert self.stream_accuracy is not None  # for mypy: created in setup
