@@ -1,13 +1,14 @@
-"""Helpers shared by the CL methods: per-experience weights and frozen model snapshots."""
+"""Helpers shared by the CL methods: per-experience weights and frozen model snapshots (teachers)."""
 
 from __future__ import annotations
 
 import copy
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 Weight = float | tuple[float, ...]
@@ -48,6 +49,11 @@ def weight_at(weight: Weight, index: int) -> float:
     return weight[index] if isinstance(weight, tuple) else weight
 
 
+def cpu_copy(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Detached CPU copies of the tensors: what a ``state_dict`` holds."""
+    return {name: t.detach().cpu().clone() for name, t in tensors.items()}
+
+
 def snapshot(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module``: eval mode, no gradients (LightningModule drops its trainer)."""
     frozen = copy.deepcopy(module)
@@ -67,3 +73,44 @@ def restore_snapshot(student: nn.Module, weights: dict[str, Tensor], owner: str)
             f"(was the model changed since?): {error}"
         ) from error
     return frozen
+
+
+def place_teacher(
+    teacher: nn.Module | None, pending: dict[str, Tensor] | None, student: nn.Module, owner: str, what: str
+) -> nn.Module:
+    """The frozen old model of a distillation method, on the student's device and dtype.
+
+    ``teacher`` is the snapshot taken when the experience started, or ``None`` after
+    ``load_state_dict``: its ``pending`` weights are then placed into a copy of ``student`` (a
+    callback's state is restored before it can see the model). ``owner`` (the method) and
+    ``what`` (its name for the old model) make the error message.
+    """
+    if teacher is None:
+        if pending is None:
+            raise RuntimeError(f"{owner}: no {what} for this experience (on_experience_start was not called).")
+        teacher = restore_snapshot(student, pending, owner)
+    reference = next(student.parameters(), None)
+    current = next(teacher.parameters(), None)
+    if (
+        reference is not None
+        and current is not None
+        and (current.device != reference.device or current.dtype != reference.dtype)
+    ):
+        dtype = reference.dtype if reference.is_floating_point() else None
+        teacher.to(device=reference.device, dtype=dtype)
+    return teacher
+
+
+def teacher_state(teacher: nn.Module | None, pending: dict[str, Tensor] | None) -> dict[str, Any]:
+    """``{"teacher": weights on the CPU}`` for a ``state_dict`` (``{}`` when there is no old model)."""
+    if teacher is not None:
+        return {"teacher": cpu_copy(teacher.state_dict())}
+    if pending is not None:
+        return {"teacher": dict(pending)}
+    return {}
+
+
+def load_teacher(state_dict: dict[str, Any]) -> dict[str, Tensor] | None:
+    """The old model's weights saved by :func:`teacher_state` (``None`` if absent), to place at first use."""
+    teacher = state_dict.get("teacher")
+    return None if teacher is None else {k: torch.as_tensor(v) for k, v in teacher.items()}

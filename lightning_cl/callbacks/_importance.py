@@ -21,13 +21,18 @@ Three pieces:
   and its gradient ``2 * lambda * I * (theta - anchor)`` (:func:`add_penalty_gradients`), applied
   on the overlapping shape: a parameter that grew since (a classifier with new rows) keeps the
   penalty on its old rows and none on the new ones.
+
+It also holds the bookkeeping the four callbacks share: argument checks, their tensor state
+(``state_dict``, ``load_state_dict``, the move to the model's device), the penalty as a loss term
+(:func:`penalty_loss_terms`) and, for the path-integral methods (SI, RWalk), the optimizer step in
+flight (:class:`OptimizerStep`) and the path it adds to (:func:`accumulate_path`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import lightning as L
@@ -37,6 +42,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_cl.callbacks._common import cpu_copy
+from lightning_cl.core.callback import TrainingStep
 from lightning_cl.core.data import collate
 
 Statistic = Literal["square", "abs"]
@@ -132,6 +139,25 @@ def to_device(tensors: Mapping[str, Tensor], device: torch.device) -> dict[str, 
 def load_tensors(state: Any) -> dict[str, Tensor]:
     """A ``{name: tensor}`` dict read from a ``state_dict`` (``{}`` when absent)."""
     return {str(name): torch.as_tensor(t) for name, t in (state or {}).items()}
+
+
+# A callback's tensor state is a few ``{name: tensor}`` dicts held in attributes (``"_anchor"``);
+# its state_dict key is the attribute's name without the leading underscore (``"anchor"``).
+def tensors_state(owner: object, attributes: Iterable[str]) -> dict[str, dict[str, Tensor]]:
+    """``{key: CPU copies}`` of the dicts held in ``owner``'s ``attributes``, for ``state_dict``."""
+    return {name.lstrip("_"): cpu_copy(getattr(owner, name)) for name in attributes}
+
+
+def load_tensors_state(owner: object, attributes: Iterable[str], state_dict: Mapping[str, Any]) -> None:
+    """Set ``owner``'s ``attributes`` from a ``state_dict`` written by :func:`tensors_state` (``{}`` if absent)."""
+    for name in attributes:
+        setattr(owner, name, load_tensors(state_dict.get(name.lstrip("_"))))
+
+
+def move_tensors_state(owner: object, attributes: Iterable[str], device: torch.device) -> None:
+    """Move the dicts held in ``owner``'s ``attributes`` to ``device`` (no copy for tensors already there)."""
+    for name in attributes:
+        setattr(owner, name, to_device(getattr(owner, name), device))
 
 
 # ---------------------------------------------------------------------------------- penalty
@@ -232,6 +258,24 @@ def add_penalty_gradients(params: Mapping[str, Tensor], terms: Terms, scale: flo
             p.grad += g
 
 
+def penalty_loss_terms(
+    step: TrainingStep, key: str, apply: str, scale: float, terms: Terms, constant: float = 0.0
+) -> dict[str, Tensor]:
+    """``{key: scale * (quadratic_penalty(params, terms) + constant)}`` for the step's parameters by name.
+
+    The value of ``loss_terms`` (``{}`` while there are no terms): a loss term in the loss form
+    (``apply="loss"``); in the gradient form it is computed without a graph and only logged, its
+    gradient is added in ``on_before_optimizer_step``.
+    """
+    if not terms:
+        return {}
+    params = dict(step.module.module.named_parameters())
+    # the gradient form: the gradient is added in on_before_optimizer_step; logged only
+    with nullcontext() if apply == "loss" else torch.no_grad():
+        penalty = quadratic_penalty(params, terms)
+        return {key: scale * (penalty + constant if constant else penalty)}
+
+
 def loss_scale(trainer: L.Trainer) -> float | None:
     """The AMP gradient scaler's current scale (``None`` without one).
 
@@ -265,6 +309,64 @@ def task_gradients(params: Mapping[str, Tensor], terms: Terms, scale: float, app
                 g -= penalty
         grads[name] = g
     return grads
+
+
+class OptimizerStep:
+    """The optimizer step in flight, for the path-integral methods (SI, RWalk).
+
+    :meth:`record` (in ``on_before_optimizer_step``) keeps the step's gradient without the
+    method's own penalty (:func:`task_gradients`) and the parameters before the step, then adds
+    the penalty's gradient in the gradient form. :meth:`finish` (in ``on_train_batch_end``) hands
+    them back once the step is known to have happened: not for a batch without an optimizer step
+    (gradient accumulation), nor for a step the AMP gradient scaler skipped.
+    """
+
+    def __init__(self) -> None:
+        self.grads: dict[str, Tensor] | None = None
+        self.before: dict[str, Tensor] = {}
+        self.scale: float | None = None
+
+    def record(self, trainer: L.Trainer, params: Mapping[str, Tensor], terms: Terms, scale: float, apply: str) -> None:
+        """Read the step's task gradient and parameters; in the gradient form, add the penalty's gradient."""
+        self.grads = task_gradients(params, terms, scale, applied=apply == "loss")
+        self.before = {name: params[name].detach().clone() for name in self.grads}
+        self.scale = loss_scale(trainer)
+        if apply == "grad" and terms:
+            add_penalty_gradients(params, terms, scale)
+
+    def finish(self, trainer: L.Trainer) -> tuple[dict[str, Tensor], dict[str, Tensor]] | None:
+        """``(task gradients, parameters before the step)`` of the step just made, or ``None`` if there was none."""
+        grads, before = self.grads, self.before
+        self.clear()
+        if grads is None:  # no optimizer step in this batch (gradient accumulation)
+            return None
+        scale = loss_scale(trainer)
+        if scale is not None and self.scale is not None and scale < self.scale:
+            return None  # the AMP scaler skipped the step: inf/NaN gradients
+        return grads, before
+
+    def clear(self) -> None:
+        """Forget the step in flight."""
+        self.grads, self.before = None, {}
+
+
+def accumulate_path(
+    path: dict[str, Tensor], grads: Mapping[str, Tensor], before: Mapping[str, Tensor], params: Mapping[str, Tensor]
+) -> None:
+    """``path[p] -= g * (theta_after - theta_before)``: the first-order loss change of one step, per parameter.
+
+    A parameter seen for the first time, or grown since, starts from zero; one absent from
+    ``params`` is left out.
+    """
+    with torch.no_grad():
+        for name, g in grads.items():
+            p = params.get(name)
+            if p is None:
+                continue
+            total = path.get(name)
+            if total is None or total.shape != p.shape:
+                total = path[name] = torch.zeros_like(p)
+            total -= g * (p - before[name])
 
 
 # ------------------------------------------------------------------ per-sample statistics

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.optim import Optimizer
 
+from lightning_cl.callbacks._common import cpu_copy
 from lightning_cl.callbacks._importance import (
     Terms,
     add_penalty_gradients,
@@ -23,6 +23,7 @@ from lightning_cl.callbacks._importance import (
     load_tensors,
     merge_terms,
     pad_to,
+    penalty_loss_terms,
     quadratic_penalty,
     snapshot,
     to_device,
@@ -208,13 +209,7 @@ class EWC(ContinualCallback):
         self._anchor = [{**old_anchor, **anchor}]
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
-        if not self._fisher:
-            return {}
-        params = dict(step.module.module.named_parameters())
-        if self.apply == "loss":
-            return {"ewc": self.penalty(params)}
-        with torch.no_grad():  # the gradient is added in on_before_optimizer_step; logged only
-            return {"ewc": self.penalty(params)}
+        return penalty_loss_terms(step, "ewc", self.apply, self.ewc_lambda, *self._penalty_terms())
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
         if self.apply != "grad" or not self._fisher:
@@ -227,8 +222,8 @@ class EWC(ContinualCallback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
-            "fisher": [{k: v.detach().cpu().clone() for k, v in f.items()} for f in self._fisher],
-            "anchor": [{k: v.detach().cpu().clone() for k, v in a.items()} for a in self._anchor],
+            "fisher": [cpu_copy(f) for f in self._fisher],
+            "anchor": [cpu_copy(a) for a in self._anchor],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

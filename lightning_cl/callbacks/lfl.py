@@ -10,7 +10,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_cl.callbacks._common import check_length, check_weight, restore_snapshot, snapshot, weight_at
+from lightning_cl.callbacks._common import (
+    check_length,
+    check_weight,
+    load_teacher,
+    place_teacher,
+    snapshot,
+    teacher_state,
+    weight_at,
+)
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience
@@ -139,36 +147,17 @@ class LFL(ContinualCallback):
         return {"lfl": lambda_e * F.mse_loss(new.float(), old.float())}
 
     def _teacher_for(self, student: nn.Module) -> nn.Module:
-        if self._teacher is None:
-            if self._pending is None:
-                raise RuntimeError("LFL: no old model for this experience (on_experience_start was not called).")
-            self._teacher = restore_snapshot(student, self._pending, "LFL")
-            self._pending = None
-        reference = next(student.parameters(), None)
-        current = next(self._teacher.parameters(), None)
-        if (
-            reference is not None
-            and current is not None
-            and (current.device != reference.device or current.dtype != reference.dtype)
-        ):
-            dtype = reference.dtype if reference.is_floating_point() else None
-            self._teacher.to(device=reference.device, dtype=dtype)
+        self._teacher = place_teacher(self._teacher, self._pending, student, "LFL", "old model")
+        self._pending = None
         return self._teacher
 
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"experience": self._experience}
-        if self._teacher is not None:
-            state["teacher"] = {k: v.detach().cpu().clone() for k, v in self._teacher.state_dict().items()}
-        elif self._pending is not None:
-            state["teacher"] = dict(self._pending)
-        return state
+        return {"experience": self._experience, **teacher_state(self._teacher, self._pending)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._experience = int(state_dict.get("experience", -1))
-        teacher = state_dict.get("teacher")
-        self._teacher = None
-        self._pending = None if teacher is None else {k: torch.as_tensor(v) for k, v in teacher.items()}
+        self._teacher, self._pending = None, load_teacher(state_dict)
 
 
 def _has_parts(module: nn.Module) -> bool:

@@ -13,7 +13,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from lightning_cl.callbacks._common import check_length, check_weight, restore_snapshot, snapshot, weight_at
+from lightning_cl.callbacks._common import (
+    check_length,
+    check_weight,
+    load_teacher,
+    place_teacher,
+    snapshot,
+    teacher_state,
+    weight_at,
+)
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.data import collate
 from lightning_cl.core.datamodule import StreamDataModule
@@ -187,43 +195,25 @@ class LwF(ContinualCallback):
         return {"lwf": alpha * total}
 
     def _teacher_for(self, student: nn.Module) -> nn.Module:
-        if self._teacher is None:
-            if self._pending is None:
-                raise RuntimeError("LwF: no teacher for this experience (on_experience_start was not called).")
-            self._teacher = restore_snapshot(student, self._pending, "LwF")
-            self._pending = None
-        reference = next(student.parameters(), None)
-        current = next(self._teacher.parameters(), None)
-        if (
-            reference is not None
-            and current is not None
-            and (current.device != reference.device or current.dtype != reference.dtype)
-        ):
-            dtype = reference.dtype if reference.is_floating_point() else None
-            self._teacher.to(device=reference.device, dtype=dtype)
+        self._teacher = place_teacher(self._teacher, self._pending, student, "LwF", "teacher")
+        self._pending = None
         return self._teacher
 
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
+        return {
             "experience": self._experience,
             "task_label": self._task_label,
             "active": {task: list(classes) for task, classes in self._active.items()},
+            **teacher_state(self._teacher, self._pending),
         }
-        if self._teacher is not None:
-            state["teacher"] = {k: v.detach().cpu().clone() for k, v in self._teacher.state_dict().items()}
-        elif self._pending is not None:
-            state["teacher"] = dict(self._pending)
-        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._experience = int(state_dict.get("experience", -1))
         self._task_label = int(state_dict.get("task_label", 0))
         active = state_dict.get("active", {})
         self._active = {int(task): tuple(int(c) for c in classes) for task, classes in active.items()}
-        teacher = state_dict.get("teacher")
-        self._teacher = None
-        self._pending = None if teacher is None else {k: torch.as_tensor(v) for k, v in teacher.items()}
+        self._teacher, self._pending = None, load_teacher(state_dict)
         self._takes_task_labels = None
 
 

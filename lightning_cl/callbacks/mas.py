@@ -18,17 +18,20 @@ from lightning_cl.callbacks._importance import (
     check_non_negative,
     experience_importance,
     importance_batch_size,
-    load_tensors,
+    load_tensors_state,
+    move_tensors_state,
     pad_to,
-    quadratic_penalty,
+    penalty_loss_terms,
     snapshot,
-    to_device,
+    tensors_state,
     trainable_parameters,
 )
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.dynamic import forward_logits
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
+
+_STATE = ("_importance", "_anchor")
 
 
 def sample_squared_norm(model: nn.Module, batch: Any) -> Tensor:
@@ -121,8 +124,7 @@ class MAS(ContinualCallback):
 
     # --------------------------------------------------------------------------------- hooks
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._importance = to_device(self._importance, pl_module.device)
-        self._anchor = to_device(self._anchor, pl_module.device)
+        move_tensors_state(self, _STATE, pl_module.device)
 
     def on_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
         model = pl_module.module
@@ -138,13 +140,7 @@ class MAS(ContinualCallback):
         self._anchor = {**self._anchor, **snapshot(trainable_parameters(model))}
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
-        if not self._importance:
-            return {}
-        params = dict(step.module.module.named_parameters())
-        if self.apply == "loss":
-            return {"mas": self.lambda_reg * quadratic_penalty(params, self.terms)}
-        with torch.no_grad():  # the gradient is added in on_before_optimizer_step; logged only
-            return {"mas": self.lambda_reg * quadratic_penalty(params, self.terms)}
+        return penalty_loss_terms(step, "mas", self.apply, self.lambda_reg, self.terms)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
         if self.apply != "grad" or not self._importance:
@@ -154,11 +150,7 @@ class MAS(ContinualCallback):
 
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "importance": {k: v.detach().cpu().clone() for k, v in self._importance.items()},
-            "anchor": {k: v.detach().cpu().clone() for k, v in self._anchor.items()},
-        }
+        return tensors_state(self, _STATE)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._importance = load_tensors(state_dict.get("importance"))
-        self._anchor = load_tensors(state_dict.get("anchor"))
+        load_tensors_state(self, _STATE, state_dict)

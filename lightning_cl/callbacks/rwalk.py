@@ -10,18 +10,18 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_cl.callbacks._importance import (
+    OptimizerStep,
     Terms,
-    add_penalty_gradients,
+    accumulate_path,
     check_apply,
     check_fraction,
     check_non_negative,
-    load_tensors,
-    loss_scale,
+    load_tensors_state,
+    move_tensors_state,
     pad_to,
-    quadratic_penalty,
+    penalty_loss_terms,
     snapshot,
-    task_gradients,
-    to_device,
+    tensors_state,
     trainable_parameters,
 )
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
@@ -125,9 +125,7 @@ class RWalk(ContinualCallback):
         self._experience_scores: dict[str, Tensor] = {}  # averaged over the past experiences
         self._importance: dict[str, Tensor] = {}  # Omega, the penalty's weights
         self._anchor: dict[str, Tensor] = {}  # theta*
-        self._grads: dict[str, Tensor] | None = None
-        self._before: dict[str, Tensor] = {}
-        self._scale: float | None = None
+        self._step = OptimizerStep()  # the step in flight: gradient and parameters before the optimizer step
 
     @property
     def state_key(self) -> str:
@@ -146,55 +144,34 @@ class RWalk(ContinualCallback):
         self._path_loss, self._scores = {}, {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for name in _STATE:
-            setattr(self, name, to_device(getattr(self, name), pl_module.device))
+        move_tensors_state(self, _STATE, pl_module.device)
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
-        if not self._importance:
-            return {}
-        params = dict(step.module.module.named_parameters())
-        if self.apply == "loss":
-            return {"rwalk": self.ewc_lambda * quadratic_penalty(params, self.terms)}
-        with torch.no_grad():  # the gradient is added in on_before_optimizer_step; logged only
-            return {"rwalk": self.ewc_lambda * quadratic_penalty(params, self.terms)}
+        return penalty_loss_terms(step, "rwalk", self.apply, self.ewc_lambda, self.terms)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
         assert isinstance(pl_module, ContinualModule)  # for mypy: RWalk runs inside a ContinualModule
         params = trainable_parameters(pl_module.module)
-        self._grads = task_gradients(params, self.terms, self.ewc_lambda, applied=self.apply == "loss")
-        self._before = {name: params[name].detach().clone() for name in self._grads}
-        self._scale = loss_scale(trainer)
-        if self.apply == "grad" and self._importance:
-            add_penalty_gradients(params, self.terms, self.ewc_lambda)
+        self._step.record(trainer, params, self.terms, self.ewc_lambda, self.apply)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._grads is None:  # no optimizer step in this batch (gradient accumulation)
+        step = self._step.finish(trainer)
+        if step is None:
             return
-        scale = loss_scale(trainer)
-        if scale is not None and self._scale is not None and scale < self._scale:
-            self._grads, self._before = None, {}  # the AMP scaler skipped the step: inf/NaN gradients
-            return
+        grads, before = step
         assert isinstance(pl_module, ContinualModule)  # for mypy: RWalk runs inside a ContinualModule
         params = trainable_parameters(pl_module.module)
         with torch.no_grad():
             # the Fisher of this step's gradient, counted once the step is known to have happened
-            for name, g in self._grads.items():
+            for name, g in grads.items():
                 old = self._fisher.get(name)
                 if old is None:
                     self._fisher[name] = g.square()
                 else:
                     self._fisher[name] = self.ewc_alpha * g.square() + (1 - self.ewc_alpha) * pad_to(old, g.shape)
-            for name, g in self._grads.items():
-                p = params.get(name)
-                if p is None:
-                    continue
-                loss = self._path_loss.get(name)
-                if loss is None or loss.shape != p.shape:
-                    loss = self._path_loss[name] = torch.zeros_like(p)
-                loss -= g * (p - self._before[name])
-            self._grads, self._before = None, {}
+            accumulate_path(self._path_loss, grads, before, params)
             self._steps += 1
             if self._steps % self.delta_t == 0:
                 self._update_scores(params)
@@ -235,13 +212,9 @@ class RWalk(ContinualCallback):
 
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"steps": self._steps}
-        for name in _STATE:
-            state[name.lstrip("_")] = {k: v.detach().cpu().clone() for k, v in getattr(self, name).items()}
-        return state
+        return {"steps": self._steps, **tensors_state(self, _STATE)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._steps = int(state_dict.get("steps", 0))
-        for name in _STATE:
-            setattr(self, name, load_tensors(state_dict.get(name.lstrip("_"))))
-        self._grads, self._before = None, {}
+        load_tensors_state(self, _STATE, state_dict)
+        self._step.clear()

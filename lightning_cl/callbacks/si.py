@@ -11,23 +11,25 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_cl.callbacks._importance import (
+    OptimizerStep,
     Terms,
-    add_penalty_gradients,
+    accumulate_path,
     check_apply,
     check_non_negative,
     check_positive,
-    load_tensors,
-    loss_scale,
+    load_tensors_state,
+    move_tensors_state,
     pad_to,
-    quadratic_penalty,
+    penalty_loss_terms,
     snapshot,
-    task_gradients,
-    to_device,
+    tensors_state,
     trainable_parameters,
 )
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
+
+_STATE = ("_importance", "_anchor", "_start", "_path")
 
 
 def _check_lambda(value: Any) -> float | list[float]:
@@ -142,10 +144,7 @@ class SI(ContinualCallback):
         self._anchor: dict[str, Tensor] = {}  # theta*
         self._start: dict[str, Tensor] = {}  # theta at the start of the current experience
         self._path: dict[str, Tensor] = {}  # omega of the current experience
-        # the step in flight: gradient and parameters before the optimizer step
-        self._grads: dict[str, Tensor] | None = None
-        self._before: dict[str, Tensor] = {}
-        self._scale: float | None = None
+        self._step = OptimizerStep()  # the step in flight: gradient and parameters before the optimizer step
 
     @property
     def state_key(self) -> str:
@@ -185,51 +184,25 @@ class SI(ContinualCallback):
         self._path = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        device = pl_module.device
-        for name in ("_importance", "_anchor", "_start", "_path"):
-            setattr(self, name, to_device(getattr(self, name), device))
+        move_tensors_state(self, _STATE, pl_module.device)
         self._capped = None
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
-        if not self._importance:
-            return {}
-        params = dict(step.module.module.named_parameters())
-        if self.apply == "loss":
-            return {"si": self.current_lambda() * quadratic_penalty(params, self.terms)}
-        with torch.no_grad():  # the gradient is added in on_before_optimizer_step; logged only
-            return {"si": self.current_lambda() * quadratic_penalty(params, self.terms)}
+        return penalty_loss_terms(step, "si", self.apply, self.current_lambda(), self.terms)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer) -> None:
         assert isinstance(pl_module, ContinualModule)  # for mypy: SI runs inside a ContinualModule
         params = trainable_parameters(pl_module.module)
-        scale = self.current_lambda()
-        self._grads = task_gradients(params, self.terms, scale, applied=self.apply == "loss")
-        self._before = {name: params[name].detach().clone() for name in self._grads}
-        self._scale = loss_scale(trainer)
-        if self.apply == "grad" and self._importance:
-            add_penalty_gradients(params, self.terms, scale)
+        self._step.record(trainer, params, self.terms, self.current_lambda(), self.apply)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._grads is None:  # no optimizer step in this batch (gradient accumulation)
-            return
-        scale = loss_scale(trainer)
-        if scale is not None and self._scale is not None and scale < self._scale:
-            self._grads, self._before = None, {}  # the AMP scaler skipped the step: inf/NaN gradients
+        step = self._step.finish(trainer)
+        if step is None:
             return
         assert isinstance(pl_module, ContinualModule)  # for mypy: SI runs inside a ContinualModule
-        params = trainable_parameters(pl_module.module)
-        with torch.no_grad():
-            for name, g in self._grads.items():
-                p = params.get(name)
-                if p is None:
-                    continue
-                path = self._path.get(name)
-                if path is None or path.shape != p.shape:
-                    path = self._path[name] = torch.zeros_like(p)
-                path -= g * (p - self._before[name])
-        self._grads, self._before = None, {}
+        accumulate_path(self._path, *step, trainable_parameters(pl_module.module))
 
     def on_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
         params = trainable_parameters(pl_module.module)
@@ -250,21 +223,10 @@ class SI(ContinualCallback):
 
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        def cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {k: v.detach().cpu().clone() for k, v in tensors.items()}
-
-        return {
-            "experience": self._experience,
-            "importance": cpu(self._importance),
-            "anchor": cpu(self._anchor),
-            "start": cpu(self._start),
-            "path": cpu(self._path),
-        }
+        return {"experience": self._experience, **tensors_state(self, _STATE)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._experience = int(state_dict.get("experience", 0))
-        self._importance, self._capped = load_tensors(state_dict.get("importance")), None
-        self._anchor = load_tensors(state_dict.get("anchor"))
-        self._start = load_tensors(state_dict.get("start"))
-        self._path = load_tensors(state_dict.get("path"))
-        self._grads, self._before = None, {}
+        load_tensors_state(self, _STATE, state_dict)
+        self._capped = None
+        self._step.clear()

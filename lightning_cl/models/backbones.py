@@ -13,6 +13,18 @@ from torch.nn import functional as F
 from lightning_cl.models.incremental import _check_positive_int
 
 
+def _simple_cnn_stage(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """``conv3x3(padding 1) relu conv3x3(no padding) relu maxpool dropout``: a stage of ``SimpleCNN``."""
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=0),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Dropout(p=0.25),
+    ]
+
+
 class SimpleCNN(nn.Module):
     """The small CNN of Avalanche (``avalanche.models.SimpleCNN``), for 3-channel images such as CIFAR.
 
@@ -40,18 +52,8 @@ class SimpleCNN(nn.Module):
         super().__init__()
         _check_positive_int("num_classes", num_classes)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, kernel_size=3, stride=1, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, kernel_size=3, padding=0),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=2, stride=2),
-            nn.Dropout(p=0.25),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(64, 64, kernel_size=3, padding=0),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=2, stride=2),
-            nn.Dropout(p=0.25),
+            *_simple_cnn_stage(3, 32),
+            *_simple_cnn_stage(32, 64),
             nn.Conv2d(64, 64, kernel_size=1, padding=0),
             nn.ReLU(inplace=True),
             nn.AdaptiveMaxPool2d(1),

@@ -39,6 +39,15 @@ def _tasks_present(labels: Tensor, known: list[int], owner: str, part: str = "he
     return present
 
 
+def _load_current_task(current_task: Tensor, state_dict: dict[str, Any], prefix: str) -> bool:
+    """Set the buffer ``current_task`` from ``state_dict`` before the load (freezing follows it); ``True`` if set."""
+    current = state_dict.get(prefix + "current_task")
+    if isinstance(current, Tensor) and current.numel() == 1:
+        current_task.fill_(int(current))
+        return True
+    return False
+
+
 def _route(
     labels: Tensor, present: list[int], task_output: Callable[[int, Tensor | None], Tensor], mask_value: float
 ) -> Tensor:
@@ -201,9 +210,7 @@ class MultiHeadClassifier(DynamicModule):
                 task = key[len(head_prefix) : -len(suffix)]
                 if task.lstrip("-").isdigit() and task not in self.heads:
                     self._head(int(task), value.shape[0], exact=True)
-        current = state_dict.get(prefix + "current_task")
-        if isinstance(current, Tensor) and current.numel() == 1:
-            self.current_task.fill_(int(current))
+        if _load_current_task(self.current_task, state_dict, prefix):
             self._freeze_other_tasks()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -17,7 +17,7 @@ from lightning_cl.models.incremental import (
     _derive_seed,
     _seeded_linear,
 )
-from lightning_cl.models.multihead import _route, _task_tensor, _tasks_present
+from lightning_cl.models.multihead import _load_current_task, _route, _task_tensor, _tasks_present
 
 _ADAPTERS = ("mlp", "linear")
 
@@ -372,9 +372,7 @@ class PNN(DynamicModule):
                 for task in saved[self.num_columns :]:
                     weight = state_dict.get(f"{prefix}columns.{self.num_columns}.head.classifier.weight")
                     self._add_column(task, weight.shape[0] if isinstance(weight, Tensor) else 2)
-        current = state_dict.get(prefix + "current_task")
-        if isinstance(current, Tensor) and current.numel() == 1:
-            self.current_task.fill_(int(current))
+        if _load_current_task(self.current_task, state_dict, prefix):
             self._freeze_other_columns()
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -1,8 +1,8 @@
-"""Streams, runs and checks shared by the tests of EWC, SI, MAS and RWalk."""
+"""Streams, runs and checks shared by the tests of the regularization callbacks (EWC, SI, MAS, RWalk, LwF, LFL)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +18,7 @@ from lightning_cl.core.data import InMemoryDataset
 from lightning_cl.core.dynamic import DynamicModule
 from lightning_cl.core.experience import Experience
 from lightning_cl.models import MLP, Classifier
-from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer
+from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer, run_two_processes
 
 
 def permuted_digits(num_experiences: int = 3, seed: int = 0) -> StreamDataModule:
@@ -46,6 +46,14 @@ def retained_accuracy(callbacks: list[L.Callback], epochs: int = 3, lr: float = 
     return float(result.accuracy_matrix[-1, 0])
 
 
+def assert_beats_naive(callback: L.Callback, margin: float) -> None:
+    """Naive fine-tuning forgets the first permutation; ``callback`` retains more than ``margin`` more of it."""
+    naive = retained_accuracy([])
+    accuracy = retained_accuracy([callback])
+    assert naive < 0.4, naive  # the first permutation is forgotten
+    assert accuracy > naive + margin, (accuracy, naive)
+
+
 def tiny_stream() -> StreamDataModule:
     return make_tensor_stream(num_experiences=3, per_class=12, num_classes=6)
 
@@ -66,6 +74,21 @@ def train_both_forms(factory: Callable[[str], L.Callback], epochs: int = 2) -> d
         weights = {k: v.clone() for k, v in model.module.state_dict().items()}
         out[apply] = (weights, callback.state_dict())
     return out
+
+
+def assert_both_forms_agree(
+    factory: Callable[[str], L.Callback], weights: dict[str, float], state: dict[str, float]
+) -> dict[str, Tensor]:
+    """Train with the penalty as a loss term and as a gradient (:func:`train_both_forms`): the final
+    weights agree within the tolerance ``weights``, the callbacks' states within ``state``.
+
+    Returns the loss form's weights.
+    """
+    runs = train_both_forms(factory)
+    (loss_weights, loss_state), (grad_weights, grad_state) = runs["loss"], runs["grad"]
+    assert_same_tensors(grad_weights, loss_weights, **weights)
+    assert_same_tensors(grad_state, loss_state, **state)
+    return loss_weights
 
 
 def assert_same_tensors(a: Any, b: Any, **tolerance: float) -> None:
@@ -174,3 +197,16 @@ def step_by_hand(callback: L.Callback, model: ContinualModule, skipped: bool) ->
                 break
             p -= 0.1 * p.grad  # type: ignore[operator]
     callback.on_train_batch_end(trainer, model, None, None, 0)
+
+
+def two_process_results(worker: Callable[[int, str], None], tmp_path: Path) -> list[dict[str, Any]]:
+    """Run ``worker(rank, str(tmp_path))`` in two processes; what each rank saved to ``tmp_path / f"rank{rank}.pt"``."""
+    run_two_processes(worker, str(tmp_path))
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def assert_ranks_agree(ranks: list[dict[str, Any]], keys: Iterable[str]) -> None:
+    """The ``{name: tensor}`` dicts the ranks saved under ``keys`` are equal to the bit (rank 0's names)."""
+    for key in keys:
+        for name, value in ranks[0][key].items():
+            torch.testing.assert_close(value, ranks[1][key][name], rtol=0, atol=0)

@@ -17,14 +17,15 @@ from lightning_cl.callbacks._importance import pad_to
 from lightning_cl.callbacks.ewc import EWC
 from tests.callbacks.regularization_helpers import (
     GrowingClassifier,
+    assert_beats_naive,
+    assert_both_forms_agree,
     assert_same_tensors,
     checkpoint_round_trip,
-    retained_accuracy,
     tiny_module,
     tiny_stream,
-    train_both_forms,
+    two_process_results,
 )
-from tests.conftest import make_tensor_stream, quiet_trainer, run_two_processes
+from tests.conftest import make_tensor_stream, quiet_trainer
 
 
 class TwoHeads(L.LightningModule):
@@ -120,11 +121,11 @@ def test_online_mode_keeps_one_decayed_fisher_and_the_latest_anchor() -> None:
 @pytest.mark.parametrize("mode", ["separate", "online"])
 def test_loss_and_gradient_forms_give_the_same_parameters(mode: str) -> None:
     decay = 0.7 if mode == "online" else None
-    runs = train_both_forms(lambda apply: EWC(ewc_lambda=5.0, mode=mode, decay_factor=decay, apply=apply))
-    (loss_weights, loss_state), (grad_weights, grad_state) = runs["loss"], runs["grad"]
     # the gradient form performs the operations autograd performs on the loss term: bit for bit
-    assert_same_tensors(grad_weights, loss_weights, rtol=0, atol=0)
-    assert_same_tensors(grad_state, loss_state, rtol=0, atol=0)
+    exact = {"rtol": 0.0, "atol": 0.0}
+    loss_weights = assert_both_forms_agree(
+        lambda apply: EWC(ewc_lambda=5.0, mode=mode, decay_factor=decay, apply=apply), weights=exact, state=exact
+    )
     # and the penalty did act: without it the weights end elsewhere
     torch.manual_seed(0)
     naive = ContinualModule(tiny_module())
@@ -171,10 +172,7 @@ def test_the_penalty_of_a_grown_parameter_spares_its_new_rows(apply: str) -> Non
 
 
 def test_ewc_beats_naive_on_permuted_digits() -> None:
-    naive = retained_accuracy([])
-    ewc = retained_accuracy([EWC(ewc_lambda=10.0)])
-    assert naive < 0.4  # the first permutation is forgotten
-    assert ewc > naive + 0.4
+    assert_beats_naive(EWC(ewc_lambda=10.0), margin=0.4)
 
 
 @pytest.mark.parametrize("mode", ["separate", "online"])
@@ -225,8 +223,7 @@ def _worker(rank: int, out: str) -> None:
 
 @pytest.mark.ddp
 def test_two_processes_compute_the_single_process_fisher(tmp_path: Path) -> None:
-    run_two_processes(_worker, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = two_process_results(_worker, tmp_path)
     assert_same_tensors(ranks[0]["fisher"], ranks[1]["fisher"], rtol=0, atol=0)
     user = tiny_module()
     user.load_state_dict(ranks[0]["weights"])

@@ -20,7 +20,8 @@ from lightning_cl.callbacks.lfl import LFL
 from lightning_cl.core.callback import TrainingStep
 from lightning_cl.core.data import InMemoryDataset
 from lightning_cl.models import MLP, Classifier
-from tests.conftest import TinyClassifier, quiet_trainer, run_two_processes
+from tests.callbacks.regularization_helpers import assert_ranks_agree, two_process_results
+from tests.conftest import TinyClassifier, quiet_trainer
 
 
 class FeatureNet(L.LightningModule):
@@ -317,10 +318,7 @@ def _ddp_worker(rank: int, out: str) -> None:
 
 @pytest.mark.ddp
 def test_ddp_ranks_agree_and_the_classifier_stays_frozen(tmp_path: Path) -> None:
-    run_two_processes(_ddp_worker, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = two_process_results(_ddp_worker, tmp_path)
     assert float(ranks[0]["lfl_loss"]) > 0
     assert not ranks[0]["classifier_moved"] and not ranks[1]["classifier_moved"]
-    for key in ("state", "teacher"):
-        for k, v in ranks[0][key].items():
-            torch.testing.assert_close(v, ranks[1][key][k], rtol=0, atol=0)
+    assert_ranks_agree(ranks, ("state", "teacher"))

@@ -3,6 +3,7 @@ distillation, forgetting against naive on a task-incremental stream, checkpoints
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,8 @@ from lightning_cl.benchmarks import task_incremental
 from lightning_cl.callbacks.lwf import LwF
 from lightning_cl.core.callback import TrainingStep
 from lightning_cl.core.data import InMemoryDataset
-from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer, run_two_processes
+from tests.callbacks.regularization_helpers import assert_ranks_agree, two_process_results
+from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer
 
 
 class MultiHead(L.LightningModule):
@@ -338,24 +340,34 @@ def test_a_model_without_logits_is_a_clear_error_naming_lwf() -> None:
         quiet_trainer(callbacks=[LwF()]).fit(model, datamodule=make_tensor_stream(3))
 
 
-def test_logits_returned_by_training_step_must_be_two_dimensional() -> None:
+@pytest.mark.parametrize(
+    ("index", "reshape", "error", "match"),
+    [
+        (
+            1,
+            lambda logits: logits[..., None],
+            TypeError,
+            r"LwF distils logits \[B, C\]; the step's logits have shape \(3, 6, 1\)",
+        ),
+        (
+            2,
+            lambda logits: logits[:, :3],
+            ValueError,
+            r"LwF: earlier experiences used the outputs \[0, 1, 2, 3\], .* only 3",
+        ),
+    ],
+    ids=["logits-must-be-two-dimensional", "too-few-outputs-for-the-earlier-classes"],
+)
+def test_step_logits_the_term_cannot_read(
+    index: int, reshape: Callable[[torch.Tensor], torch.Tensor], error: type[Exception], match: str
+) -> None:
     dm = make_tensor_stream(num_experiences=3, num_classes=6)
     model = TinyClassifier(in_features=8, num_classes=6)
     callback = LwF()
-    started(callback, model, dm, 1)
+    started(callback, model, dm, index)
     x = torch.randn(3, 8)
-    with pytest.raises(TypeError, match=r"LwF distils logits \[B, C\]; the step's logits have shape \(3, 6, 1\)"):
-        callback.loss_terms(step_of(model, (x, torch.zeros(3, dtype=torch.long)), model(x)[..., None]))
-
-
-def test_too_few_outputs_for_the_earlier_classes() -> None:
-    dm = make_tensor_stream(num_experiences=3, num_classes=6)
-    model = TinyClassifier(in_features=8, num_classes=6)
-    callback = LwF()
-    started(callback, model, dm, 2)
-    x = torch.randn(3, 8)
-    with pytest.raises(ValueError, match=r"LwF: earlier experiences used the outputs \[0, 1, 2, 3\], .* only 3"):
-        callback.loss_terms(step_of(model, (x, torch.zeros(3, dtype=torch.long)), model(x)[:, :3]))
+    with pytest.raises(error, match=match):
+        callback.loss_terms(step_of(model, (x, torch.zeros(3, dtype=torch.long)), reshape(model(x))))
 
 
 # ------------------------------------------------------------------------------------------ DDP
@@ -374,9 +386,6 @@ def _ddp_worker(rank: int, out: str) -> None:
 
 @pytest.mark.ddp
 def test_ddp_multi_head_ranks_agree(tmp_path: Path) -> None:
-    run_two_processes(_ddp_worker, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = two_process_results(_ddp_worker, tmp_path)
     assert float(ranks[0]["lwf_loss"]) > 0
-    for key in ("state", "teacher"):
-        for k, v in ranks[0][key].items():
-            torch.testing.assert_close(v, ranks[1][key][k], rtol=0, atol=0)
+    assert_ranks_agree(ranks, ("state", "teacher"))

@@ -13,15 +13,15 @@ from torch import Tensor
 from lightning_cl import ContinualModule
 from lightning_cl.callbacks.rwalk import RWalk
 from tests.callbacks.regularization_helpers import (
+    assert_beats_naive,
+    assert_both_forms_agree,
     assert_same_tensors,
     checkpoint_round_trip,
     experience_tensors,
     full_batch_stream,
-    retained_accuracy,
     step_by_hand,
     task_gradient,
     tiny_module,
-    train_both_forms,
 )
 from tests.conftest import quiet_trainer
 
@@ -101,19 +101,17 @@ def test_a_step_the_gradient_scaler_skips_is_not_counted() -> None:
 
 
 def test_loss_and_gradient_forms_give_the_same_parameters() -> None:
-    runs = train_both_forms(lambda apply: RWalk(ewc_lambda=1.0, delta_t=2, apply=apply))
-    (loss_weights, loss_state), (grad_weights, grad_state) = runs["loss"], runs["grad"]
     # the task gradient is p.grad minus the penalty's in one form, read before it in the other:
     # equal up to rounding, which the importance carries into later steps
-    assert_same_tensors(grad_weights, loss_weights, rtol=1e-6, atol=1e-7)
-    assert_same_tensors(grad_state, loss_state, rtol=1e-3, atol=1e-5)
+    assert_both_forms_agree(
+        lambda apply: RWalk(ewc_lambda=1.0, delta_t=2, apply=apply),
+        weights={"rtol": 1e-6, "atol": 1e-7},
+        state={"rtol": 1e-3, "atol": 1e-5},
+    )
 
 
 def test_rwalk_beats_naive_on_permuted_digits() -> None:
-    naive = retained_accuracy([])
-    rwalk = retained_accuracy([RWalk(ewc_lambda=1.0)])
-    assert naive < 0.4  # the first permutation is forgotten
-    assert rwalk > naive + 0.3
+    assert_beats_naive(RWalk(ewc_lambda=1.0), margin=0.3)
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:

@@ -14,15 +14,15 @@ from torch import Tensor
 from lightning_cl import ContinualModule
 from lightning_cl.callbacks.si import SI
 from tests.callbacks.regularization_helpers import (
+    assert_beats_naive,
+    assert_both_forms_agree,
     assert_same_tensors,
     checkpoint_round_trip,
     experience_tensors,
     full_batch_stream,
-    retained_accuracy,
     step_by_hand,
     task_gradient,
     tiny_module,
-    train_both_forms,
 )
 from tests.conftest import quiet_trainer
 
@@ -97,20 +97,18 @@ def test_a_step_the_gradient_scaler_skips_is_not_counted() -> None:
 
 
 def test_loss_and_gradient_forms_give_the_same_parameters() -> None:
-    runs = train_both_forms(lambda apply: SI(si_lambda=0.5, eps=1e-3, max_importance=None, apply=apply))
-    (loss_weights, loss_state), (grad_weights, grad_state) = runs["loss"], runs["grad"]
     # the task gradient is p.grad minus the penalty's in one form, read before it in the other:
     # equal up to rounding, which the importance carries into later steps
-    assert_same_tensors(grad_weights, loss_weights, rtol=1e-6, atol=1e-7)
-    assert_same_tensors(grad_state, loss_state, rtol=1e-4, atol=1e-6)
+    assert_both_forms_agree(
+        lambda apply: SI(si_lambda=0.5, eps=1e-3, max_importance=None, apply=apply),
+        weights={"rtol": 1e-6, "atol": 1e-7},
+        state={"rtol": 1e-4, "atol": 1e-6},
+    )
 
 
 def test_si_beats_naive_on_permuted_digits() -> None:
-    naive = retained_accuracy([])
     # the importance is capped at 1e-3 by default (Avalanche's cap): SI acts at a large si_lambda
-    si = retained_accuracy([SI(si_lambda=1000.0)])
-    assert naive < 0.4  # the first permutation is forgotten
-    assert si > naive + 0.4
+    assert_beats_naive(SI(si_lambda=1000.0), margin=0.4)
 
 
 def test_a_lambda_list_needs_one_value_per_experience() -> None:

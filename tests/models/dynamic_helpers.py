@@ -1,14 +1,18 @@
-"""Helpers shared by the tests of the dynamic models: small task-incremental streams."""
+"""Helpers shared by the tests of the dynamic models: small task-incremental streams, checkpointing trainers."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_cl.benchmarks import task_incremental
 from lightning_cl.core.data import InMemoryDataset
 from lightning_cl.core.datamodule import StreamDataModule
+from tests.conftest import quiet_trainer
 
 
 def task_stream(num_experiences: int = 3, per_class: int = 20, num_classes: int = 6, **kwargs: Any) -> StreamDataModule:
@@ -44,3 +48,9 @@ def conflicting_task_stream(num_experiences: int = 3, per_class: int = 30, **kwa
 def whole(dataset: Any) -> tuple[torch.Tensor, ...]:
     """Every item of an in-memory dataset as stacked tensors ``(x, y[, t])``."""
     return tuple(dataset.__getitems__(list(range(len(dataset)))).tensors)
+
+
+def checkpointing_trainer(path: Path, max_epochs: int = 2) -> L.Trainer:
+    """A quiet trainer that saves a checkpoint ``{epoch}.ckpt`` in ``path`` after every epoch."""
+    saver = ModelCheckpoint(dirpath=path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
+    return quiet_trainer(max_epochs=max_epochs, enable_checkpointing=True, callbacks=[saver])

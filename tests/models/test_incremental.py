@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -16,7 +15,7 @@ from lightning_cl import ContinualModule, Experience, StreamResult, fit_stream
 from lightning_cl.core.callback import ContinualCallback
 from lightning_cl.models.incremental import IncrementalClassifier
 from tests.conftest import make_tensor_stream, quiet_trainer
-from tests.models.dynamic_helpers import whole
+from tests.models.dynamic_helpers import checkpointing_trainer, whole
 
 
 def experience(index: int, classes: tuple[int, ...]) -> Experience:
@@ -195,11 +194,6 @@ def test_grown_checkpoint_loads_with_load_from_checkpoint(tmp_path: Path) -> Non
         assert torch.equal(bare.state_dict()[key], value), key
 
 
-def checkpointing_trainer(path: Path) -> L.Trainer:
-    saver = ModelCheckpoint(dirpath=path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    return quiet_trainer(max_epochs=3, enable_checkpointing=True, callbacks=[saver])
-
-
 def run_model(seed: int = 0) -> ContinualModule:
     torch.manual_seed(seed)
     return ContinualModule(HeadUser(lr=0.05))
@@ -209,7 +203,7 @@ def run_model(seed: int = 0) -> ContinualModule:
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamResult, dict[str, torch.Tensor], Path]:
     path = tmp_path_factory.mktemp("ckpts")
     model = run_model()
-    trainer = checkpointing_trainer(path)
+    trainer = checkpointing_trainer(path, max_epochs=3)
     dm = make_tensor_stream(3)
     trainer.test(model, datamodule=dm)
     for k in range(dm.num_experiences):
@@ -224,7 +218,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamResul
 def test_resume_with_a_grown_head_gives_the_uninterrupted_result(uninterrupted: Any, name: str, tmp_path: Path) -> None:
     expected, state, path = uninterrupted
     model = run_model(seed=123)  # a fresh head of 2 outputs and other weights: all come from the checkpoint
-    result = fit_stream(checkpointing_trainer(tmp_path), model, make_tensor_stream(3), ckpt_path=path / f"{name}.ckpt")
+    result = fit_stream(
+        checkpointing_trainer(tmp_path, max_epochs=3), model, make_tensor_stream(3), ckpt_path=path / f"{name}.ckpt"
+    )
     torch.testing.assert_close(result.accuracy_matrix, expected.accuracy_matrix)
     assert float(result.accuracy_matrix.diagonal().min()) > 0.8  # each experience is learned
     for key, value in state.items():

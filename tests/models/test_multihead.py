@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -16,8 +15,9 @@ from lightning_cl import ContinualModule, Experience, StreamResult, fit_stream
 from lightning_cl.core.callback import ContinualCallback
 from lightning_cl.models.multihead import MultiHeadClassifier
 from lightning_cl.models.pnn import PNN
-from tests.conftest import quiet_trainer, run_two_processes
-from tests.models.dynamic_helpers import task_stream
+from tests.callbacks.regularization_helpers import assert_ranks_agree, two_process_results
+from tests.conftest import quiet_trainer
+from tests.models.dynamic_helpers import checkpointing_trainer, task_stream
 
 
 def experience(index: int, classes: tuple[int, ...], task: int) -> Experience:
@@ -178,11 +178,6 @@ def test_task_incremental_stream_trains_one_head_per_task() -> None:
     assert float(R.diagonal().min()) > 0.9  # each task is learned by its own head on the shared trunk
 
 
-def checkpointing_trainer(path: Path) -> L.Trainer:
-    saver = ModelCheckpoint(dirpath=path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    return quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saver])
-
-
 def run_model(seed: int = 0) -> ContinualModule:
     torch.manual_seed(seed)
     return ContinualModule(MultiHeadUser(lr=0.05))
@@ -248,9 +243,7 @@ def _ddp_worker(rank: int, out: str) -> None:
 
 @pytest.mark.ddp
 def test_two_processes_train_without_find_unused_parameters(tmp_path: Path) -> None:
-    run_two_processes(_ddp_worker, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = two_process_results(_ddp_worker, tmp_path)
     torch.testing.assert_close(ranks[0]["R"], ranks[1]["R"], rtol=0, atol=0)
-    for key, value in ranks[0]["state"].items():
-        torch.testing.assert_close(value, ranks[1]["state"][key], rtol=0, atol=0)
+    assert_ranks_agree(ranks, ["state"])
     assert float(ranks[0]["R"].diagonal().min()) > 0.9

@@ -8,14 +8,13 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn import functional as F
 
 from lightning_cl import ContinualModule, Experience, StreamResult, fit_stream
 from lightning_cl.core.callback import ContinualCallback
 from lightning_cl.models.pnn import PNN
 from tests.conftest import TinyClassifier, quiet_trainer
-from tests.models.dynamic_helpers import conflicting_task_stream, task_stream, whole
+from tests.models.dynamic_helpers import checkpointing_trainer, conflicting_task_stream, task_stream, whole
 
 
 def experience(index: int, classes: tuple[int, ...], task: int) -> Experience:
@@ -179,11 +178,6 @@ def test_state_dict_round_trip_adds_the_columns_and_their_freezing() -> None:
     other.adaptation(experience(0, (0, 1), task=5))
     with pytest.raises(RuntimeError, match=r"the checkpoint's columns are for tasks \[0, 1, 2\], this PNN's for \[5\]"):
         other.load_state_dict(pnn.state_dict())
-
-
-def checkpointing_trainer(path: Path) -> L.Trainer:
-    saver = ModelCheckpoint(dirpath=path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
-    return quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saver])
 
 
 @pytest.fixture(scope="module")
