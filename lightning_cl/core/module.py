@@ -454,7 +454,8 @@ class ContinualModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         assert self.stream_accuracy is not None  # for mypy: created in setup
-        accuracy = self.stream_accuracy.compute().cpu()  # collective: every rank calls it
+        # collective: every rank calls it; torchmetrics squeezes a one-experience result to a scalar
+        accuracy = self.stream_accuracy.compute().cpu().reshape(-1)
         self.stream_accuracy.reset()
         row = self.datamodule.completed_experiences - 1
         if row < 0:

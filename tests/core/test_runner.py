@@ -131,3 +131,8 @@ def test_refusals(uninterrupted: Any, tmp_path: Path) -> None:
 def test_a_fit_that_trains_nothing_stops_the_stream() -> None:
     with pytest.raises(RuntimeError, match=r"ended without finishing experience 0 \(0 optimizer steps"):
         fit_stream(quiet_trainer(limit_train_batches=0), run_model(), make_tensor_stream(3), evaluate_initial=False)
+
+
+def test_a_one_experience_stream() -> None:
+    result = fit_stream(quiet_trainer(max_epochs=3), run_model(), make_tensor_stream(1))
+    assert result.accuracy_matrix.shape == (1, 1) and result.forgetting == 0.0
