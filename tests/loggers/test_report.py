@@ -21,20 +21,10 @@ from lightning_cl import ContinualModule, StreamResult, fit_stream
 from lightning_cl.loggers import StreamReport, TextLogger, result_to_dict, stream_metrics
 from lightning_cl.viz import accuracy_curves_image, accuracy_matrix_image
 from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer
+from tests.loggers import DESIGN_KEYS
 
 # torchvision's decoder is the independent reference for the PNG files
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-
-DESIGN_KEYS = [
-    "train/loss",
-    "test/acc_exp0",
-    "test/acc_exp1",
-    "test/acc_exp2",
-    "stream/average_accuracy",
-    "stream/forgetting",
-    "stream/backward_transfer",
-    "stream/forward_transfer",
-]
 
 
 def run(loggers: Any, report: StreamReport, seed: int = 7, **trainer_kwargs: Any) -> tuple[L.Trainer, StreamResult]:

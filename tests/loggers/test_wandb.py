@@ -15,20 +15,10 @@ from lightning_cl import ContinualModule, fit_stream
 from lightning_cl.loggers import StreamReport
 from lightning_cl.viz import accuracy_matrix_image
 from tests.conftest import TinyClassifier, make_tensor_stream, quiet_trainer
+from tests.loggers import DESIGN_KEYS
 
 wandb = pytest.importorskip("wandb")
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-
-DESIGN_KEYS = [
-    "train/loss",
-    "test/acc_exp0",
-    "test/acc_exp1",
-    "test/acc_exp2",
-    "stream/average_accuracy",
-    "stream/forgetting",
-    "stream/backward_transfer",
-    "stream/forward_transfer",
-]
 
 
 def wandb_history(run_file: Path) -> list[dict[str, Any]]:
