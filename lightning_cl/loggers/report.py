@@ -27,6 +27,7 @@ from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.module import ContinualModule
 from lightning_cl.core.result import StreamResult
 from lightning_cl.loggers.text import TextLogger
+from lightning_cl.metrics.callback import ContinualMetrics
 from lightning_cl.viz import accuracy_curves_image, accuracy_matrix_image, encode_png
 
 MATRIX_KEY = "stream/accuracy_matrix"
@@ -174,6 +175,12 @@ class StreamReport(L.Callback):
             "versions": _versions(),
             "config": _config(trainer, pl_module, dm),
         }
+        selected = [c for c in trainer.callbacks if isinstance(c, ContinualMetrics)]  # type: ignore[attr-defined]
+        if selected:
+            # every evaluation's selected metrics (seen-classes accuracy, flips, confusion, ...)
+            report["metrics"] = _json_safe(
+                {"stream": selected[0].results, "experiences": selected[0].experience_results}
+            )
         _write_atomic(folder / "results.json", (_dumps(report) + "\n").encode())
         if finished and self.summary:
             self._summary_due = result

@@ -283,3 +283,21 @@ def test_other_ranks_write_and_print_nothing(tmp_path: Path, capsys: pytest.Capt
     report.teardown(Rank1(), model, "test")  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""
     assert not math.isnan(model.stream_result.average_accuracy)
+
+
+def test_results_json_carries_the_selected_metrics(tmp_path: Path) -> None:
+    from lightning_cl.metrics.callback import ContinualMetrics
+
+    metrics = ContinualMetrics(
+        metrics=["experience_accuracy", "stream_accuracy", "seen_classes_accuracy", "flip_rates"]
+    )
+    model = ContinualModule(TinyClassifier(in_features=8, num_classes=6))
+    trainer = quiet_trainer(callbacks=[StreamReport(directory=tmp_path, summary=False), metrics])
+    fit_stream(trainer, model, make_tensor_stream(3))
+    report = json.loads((tmp_path / "results.json").read_text())
+    stream = report["metrics"]["stream"]
+    assert len(stream) == 4  # the initial evaluation and one per experience
+    assert stream[-1]["stream/seen_classes_accuracy"] == pytest.approx(
+        metrics.results[-1]["stream/seen_classes_accuracy"]
+    )
+    assert len(report["metrics"]["experiences"]) == 3
