@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
+import pytest
 import torch
 
 from lightning_cl import ContinualModule
@@ -38,3 +41,22 @@ def test_the_cl_method_example_runs_and_anchors_the_weights() -> None:
         last_rows.append(model.accuracy_matrix[-1])
     # anchoring keeps more of the earlier experiences than plain fine-tuning
     assert float(last_rows[1][:2].mean()) > float(last_rows[0][:2].mean()) + 0.2
+
+
+def test_the_reporting_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning as L
+
+    from lightning_cl import fit_stream
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "StreamReport()" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"L": L}
+    exec(block, namespace)
+    trainer = namespace["trainer"]
+    model = ContinualModule(TinyClassifier(in_features=8, num_classes=6))
+    result = fit_stream(trainer, model, make_tensor_stream(3))
+    folder = Path(trainer.loggers[0].log_dir)
+    report = json.loads((folder / "results.json").read_text())
+    torch.testing.assert_close(torch.tensor(report["accuracy_matrix"], dtype=torch.float64), result.accuracy_matrix)
+    assert (folder / "accuracy_matrix.png").stat().st_size > 0 and (folder / "metrics.csv").is_file()
+    assert list((tmp_path / "logs" / "text").glob("version_*/log.txt"))
