@@ -1,4 +1,4 @@
-"""Staging the MNIST files for the bench scripts (the shared data folder is read-only)."""
+"""What the bench scripts share: staging the MNIST files (the shared folder is read-only), a quiet Trainer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-import torchvision
+import lightning as L
+
+from lightning_cl.benchmarks.mnist import download_mnist
 
 DEFAULT_DATA = Path(os.environ.get("LIGHTNING_CL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -16,6 +19,19 @@ def stage_mnist(source: Path = DEFAULT_DATA) -> Path:
     """A temporary root with ``MNIST/raw`` extracted from ``source`` (md5 checked, no download)."""
     staged = Path(tempfile.mkdtemp(prefix="lightning_cl_mnist_"))
     shutil.copytree(source / "MNIST" / "raw", staged / "MNIST" / "raw")
-    for train in (True, False):
-        torchvision.datasets.MNIST(str(staged), train=train, download=True)
+    download_mnist(staged)
     return staged
+
+
+def quiet_trainer(**kwargs: Any) -> L.Trainer:
+    """One CPU process, no logger, checkpoint, progress bar or summary: only the work is timed."""
+    settings: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**settings, **kwargs})

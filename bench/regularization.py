@@ -25,16 +25,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from _mnist import stage_mnist
-from lightning_cl.callbacks.ewc import EWC
-from lightning_cl.callbacks.lwf import LwF
-from lightning_cl.callbacks.si import SI
+from _mnist import quiet_trainer, stage_mnist
 from torch import nn
 from torch.nn import functional as F
 
 from lightning_cl import ContinualCallback, ContinualModule, StreamDataModule, fit_stream
 from lightning_cl.benchmarks import PermutedMNIST, task_incremental
 from lightning_cl.benchmarks.mnist import load_mnist
+from lightning_cl.callbacks.ewc import EWC
+from lightning_cl.callbacks.lwf import LwF
+from lightning_cl.callbacks.si import SI
 from lightning_cl.models import MLP, Classifier
 
 AVALANCHE = {
@@ -90,16 +90,7 @@ def run(name: str, root: Any, callbacks: list[ContinualCallback] | None = None) 
     L.seed_everything(0, verbose=False)
     dm, user = workload(name, root)
     method = name.split("-", 1)[1]
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks if callbacks is not None else METHODS[method](),
-    )
+    trainer = quiet_trainer(callbacks=callbacks if callbacks is not None else METHODS[method]())
     start = time.perf_counter()
     result = fit_stream(trainer, ContinualModule(user), dm, evaluate_initial=False)
     return result.average_accuracy, time.perf_counter() - start

@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from _mnist import DEFAULT_DATA, stage_mnist
+from _mnist import DEFAULT_DATA, quiet_trainer, stage_mnist
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
@@ -103,22 +103,10 @@ class BareModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-def trainer() -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-
-
 def run_bare_lightning(data: tuple[torch.Tensor, ...]) -> float:
     x_tr, y_tr, x_te, y_te = data
     torch.manual_seed(0)
-    model, t = BareModule(), trainer()
+    model, t = BareModule(), quiet_trainer()
     train = [InMemoryDataset(x_tr, y_tr).subset(p) for p in split(y_tr)]
     test = [InMemoryDataset(x_te, y_te).subset(p) for p in split(y_te)]
     test_loaders = [DataLoader(d, EVAL_BATCH, sampler=SequentialSampler(d), collate_fn=collate) for d in test]
@@ -151,7 +139,7 @@ def run_lightning_cl(data: tuple[torch.Tensor, ...]) -> float:
         eval_batch_size=EVAL_BATCH,
     )
     model = ContinualModule(BareModule())
-    return fit_stream(trainer(), model, dm, evaluate_initial=False).average_accuracy
+    return fit_stream(quiet_trainer(), model, dm, evaluate_initial=False).average_accuracy
 
 
 def main() -> None:

@@ -38,6 +38,12 @@ def load_mnist(root: str | Path, train: bool) -> InMemoryDataset:
     return InMemoryDataset(images, data.targets, transform=Normalize([MNIST_MEAN], [MNIST_STD], scale=1 / 255))
 
 
+def download_mnist(root: str | Path) -> None:
+    """Download both MNIST splits into ``root/MNIST/raw`` (md5 checked; nothing if present)."""
+    for train in (True, False):
+        torchvision.datasets.MNIST(str(root), train=train, download=True)
+
+
 class SplitMNIST(ClassSplit):
     """Class-incremental MNIST: 10 digits in ``num_experiences`` experiences (5 by default).
 
@@ -79,8 +85,7 @@ class SplitMNIST(ClassSplit):
 
     def prepare_data(self) -> None:
         if self.download:
-            for train in (True, False):
-                torchvision.datasets.MNIST(str(self.root), train=train, download=True)
+            download_mnist(self.root)
 
     def load_datasets(self) -> tuple[Dataset, Dataset]:
         return load_mnist(self.root, train=True), load_mnist(self.root, train=False)
@@ -134,8 +139,7 @@ class PermutedMNIST(StreamDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            for train in (True, False):
-                torchvision.datasets.MNIST(str(self.root), train=train, download=True)
+            download_mnist(self.root)
 
     def permutations(self) -> list[Tensor]:
         """The pixel permutation of each experience (a pure function of ``seed``)."""
