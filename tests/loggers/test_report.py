@@ -240,6 +240,7 @@ def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: st
 
 
 def test_summary_is_printed_once_at_the_end_with_rich(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("rich", reason="rich is optional: without it the plain summary is tested below")
     _, result = run(False, StreamReport(directory=tmp_path))
     out = capsys.readouterr().out
     assert out.count("Accuracy matrix R[i, j]") == 1 and out.count("Stream metrics") == 1
