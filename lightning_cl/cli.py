@@ -72,6 +72,11 @@ class ContinualCLI(LightningCLI):
         rank_zero_info(result.table())
 
 
-def main(args: list[str] | None = None) -> ContinualCLI:
-    """Entry point of ``lightning-cl`` and ``python -m lightning_cl``."""
+def run_cli(args: list[str] | None = None) -> ContinualCLI:
+    """Run the command line with ``args`` (``sys.argv`` when None) and return the CLI object."""
     return ContinualCLI(args=args)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``lightning-cl`` and ``python -m lightning_cl`` (exit status 0 on success)."""
+    run_cli(args)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lightning_cl import StreamResult
-from lightning_cl.cli import main
+from lightning_cl.cli import run_cli
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_checkpointing=false"]
 
@@ -20,7 +20,7 @@ def test_quickstart_runs_the_whole_stream(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     caplog.set_level("INFO")
-    cli = main(["fit", "--trainer.max_epochs=2", *QUIET])
+    cli = run_cli(["fit", "--trainer.max_epochs=2", *QUIET])
     result = cli.result
     assert isinstance(result, StreamResult)
     assert result.accuracy_matrix.shape == (5, 5)
@@ -51,7 +51,7 @@ def test_a_user_model_class_from_the_python_path(tmp_path: Path, monkeypatch: py
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    cli = main(
+    cli = run_cli(
         [
             "fit",
             "--model=usermodels.Net",
@@ -77,3 +77,13 @@ def test_module_entry_point_prints_the_config(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "lightning_cl.benchmarks.SplitDigits" in out.stdout and "lightning_cl.models.Classifier" in out.stdout
+
+
+def test_console_script_exits_zero(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "lightning-cl"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "lightning_cl"]
+    out = subprocess.run(
+        [*command, "fit", "--trainer.max_epochs=1", *QUIET], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "average accuracy" in out.stdout + out.stderr and "ContinualCLI object" not in out.stdout
