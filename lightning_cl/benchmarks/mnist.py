@@ -10,6 +10,7 @@ import torchvision
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_cl.benchmarks.class_incremental import resolve_class_order, resolve_experience_sizes
 from lightning_cl.benchmarks.domain_incremental import split_by_domain
 from lightning_cl.benchmarks.split import ClassSplit
 from lightning_cl.benchmarks.transforms import Normalize, Permute
@@ -19,6 +20,81 @@ from lightning_cl.core.experience import Experience
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
+MNISTLike = type[torchvision.datasets.MNIST]
+"""A torchvision data set in MNIST's format: ``MNIST``, ``FashionMNIST``, ``KMNIST``."""
+
+
+def mnist_like_files(dataset: MNISTLike) -> list[str]:
+    """The raw files ``dataset`` reads (its archives without ``.gz``), train split first."""
+    return [name.removesuffix(".gz") for name, _ in dataset.resources]
+
+
+def load_mnist_like(dataset: MNISTLike, root: str | Path, train: bool, mean: float, std: float) -> InMemoryDataset:
+    """One split of an MNIST-format data set from ``root/<Name>/raw``, normalised per batch.
+
+    The images are held as one uint8 tensor ``[N, 1, 28, 28]`` (47 MB for 60,000 images) and
+    turned into floats ``(x / 255 - mean) / std`` a batch at a time.
+
+    Args:
+        dataset: the torchvision class, e.g. ``torchvision.datasets.FashionMNIST``.
+        root: folder holding ``<Name>/raw``, where ``<Name>`` is the class name.
+        train: the train split (else the test split).
+        mean: pixel mean of the data set, in [0, 1].
+        std: pixel standard deviation of the data set, in [0, 1].
+
+    Raises:
+        FileNotFoundError: naming the data set, the folder and the files when the data is not there.
+    """
+    try:
+        data = dataset(str(root), train=train, download=False)
+    except RuntimeError as error:
+        raw = Path(root) / dataset.__name__ / "raw"
+        raise FileNotFoundError(
+            f"{dataset.__name__}: no data in {str(raw)!r}; it needs the files {mnist_like_files(dataset)} "
+            "(or their .gz archives). Pass download=True to fetch them, or copy them there."
+        ) from error
+    images = data.data.unsqueeze(1)
+    return InMemoryDataset(images, data.targets, transform=Normalize([mean], [std], scale=1 / 255))
+
+
+def download_mnist_like(dataset: MNISTLike, root: str | Path) -> None:
+    """Download the four files of ``dataset`` into ``root/<Name>/raw`` and extract them.
+
+    torchvision checks each archive's md5, skips archives already there with the right md5 and
+    does nothing at all when the extracted files are there.
+
+    Raises:
+        FileNotFoundError: when a file could not be fetched (offline, say), naming the data set,
+            the folder, the files it needs and those missing or failing their md5 check.
+    """
+    try:
+        # the test split is the smaller one to read back; download() fetches all four files anyway
+        dataset(str(root), train=False, download=True)
+    except RuntimeError as error:
+        raw = Path(root) / dataset.__name__ / "raw"
+        problems = []
+        for name, md5 in dataset.resources:
+            if (raw / name.removesuffix(".gz")).is_file():
+                continue
+            if not (raw / name).is_file():
+                problems.append(f"{name} is missing")
+            elif not torchvision.datasets.utils.check_md5(raw / name, md5):
+                problems.append(f"{name} fails its md5 check (expected {md5})")
+        raise FileNotFoundError(
+            f"{dataset.__name__}: could not download into {str(raw)!r} ({'; '.join(problems) or error}); "
+            f"it needs the files {mnist_like_files(dataset)} or their .gz archives with torchvision's md5. "
+            "Copy the archives there and run again."
+        ) from error
+
+
+def check_split_arguments(num_classes: int, num_experiences: int, class_order: Sequence[int] | None) -> None:
+    """Raise the errors of :func:`split_by_class` now, before any data is read."""
+    resolve_experience_sizes(num_classes, num_experiences, None)
+    if class_order is not None:
+        if isinstance(class_order, (str, bytes)) or not isinstance(class_order, Sequence):
+            raise TypeError(f"`class_order`: expected a sequence of class ids, got {type(class_order).__name__}.")
+        resolve_class_order(list(range(num_classes)), class_order, seed=0)
+
 
 def load_mnist(root: str | Path, train: bool) -> InMemoryDataset:
     """The MNIST split from ``root/MNIST/raw`` as uint8 tensors, normalised per batch.
@@ -26,22 +102,12 @@ def load_mnist(root: str | Path, train: bool) -> InMemoryDataset:
     Raises:
         FileNotFoundError: naming the folder and files when the data is not there.
     """
-    try:
-        data = torchvision.datasets.MNIST(str(root), train=train, download=False)
-    except RuntimeError as error:
-        names = [name.removesuffix(".gz") for name, _ in torchvision.datasets.MNIST.resources]
-        raise FileNotFoundError(
-            f"MNIST: no data in {str(Path(root) / 'MNIST' / 'raw')!r}; it needs the files {names} "
-            "(or their .gz archives). Pass download=True to fetch them, or copy them there."
-        ) from error
-    images = data.data.unsqueeze(1)  # [N, 1, 28, 28] uint8: 47 MB for the train split
-    return InMemoryDataset(images, data.targets, transform=Normalize([MNIST_MEAN], [MNIST_STD], scale=1 / 255))
+    return load_mnist_like(torchvision.datasets.MNIST, root, train, MNIST_MEAN, MNIST_STD)
 
 
 def download_mnist(root: str | Path) -> None:
     """Download both MNIST splits into ``root/MNIST/raw`` (md5 checked; nothing if present)."""
-    for train in (True, False):
-        torchvision.datasets.MNIST(str(root), train=train, download=True)
+    download_mnist_like(torchvision.datasets.MNIST, root)
 
 
 class SplitMNIST(ClassSplit):
@@ -74,6 +140,7 @@ class SplitMNIST(ClassSplit):
         num_workers: int = 0,
         download: bool = True,
     ) -> None:
+        check_split_arguments(10, num_experiences, class_order)
         super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
         self.save_hyperparameters()
         self.root = Path(root)

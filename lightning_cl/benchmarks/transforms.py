@@ -1,11 +1,21 @@
-"""Batched input transforms (picklable, so loaders with worker processes can use them)."""
+"""Batched input transforms (picklable, so loaders with worker processes can use them).
+
+``Compose`` lives in :mod:`lightning_cl.core.data` (datasets compose transforms) and is re-exported here.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
+
+from lightning_cl.core.data import Compose
+
+__all__ = ["Compose", "Normalize", "Permute", "Rotate"]
 
 
 class Normalize:
@@ -52,3 +62,51 @@ class Permute:
 
     def __repr__(self) -> str:
         return f"Permute(pixels={len(self.permutation)})"
+
+
+class Rotate:
+    """A fixed rotation of the images of a batch ``[..., H, W]`` (RotatedMNIST).
+
+    The rotation turns the images ``angle`` degrees counter-clockwise about their centre, as
+    ``torchvision.transforms.functional.rotate`` does: bilinear interpolation, zeros outside the
+    image, the same size out as in. Every image of the batch shares one sampling grid, so a whole
+    batch costs one ``grid_sample`` call. Integer inputs (uint8 pixels) come out as float32.
+
+    Args:
+        angle: rotation in degrees, counter-clockwise.
+
+    Example:
+        >>> x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+        >>> Rotate(90)(x).round(decimals=4).tolist()
+        [[[[2.0, 4.0], [1.0, 3.0]]]]
+    """
+
+    def __init__(self, angle: float) -> None:
+        if isinstance(angle, bool) or not isinstance(angle, numbers.Real):
+            raise TypeError(f"`angle`: expected a number of degrees, got {type(angle).__name__}.")
+        if not math.isfinite(angle):
+            raise ValueError(f"`angle`: expected a finite number of degrees, got {angle}.")
+        self.angle: float = float(angle)
+
+    def theta(self, height: int, width: int) -> Tensor:
+        """The ``[2, 3]`` matrix of ``affine_grid``: output to input, in normalised coordinates."""
+        radians = math.radians(self.angle)
+        cos, sin = math.cos(radians), math.sin(radians)
+        # In pixels (y down) an output point p samples the input at [[cos, -sin], [sin, cos]] p;
+        # normalised coordinates scale x by 2/W and y by 2/H, hence the aspect-ratio factors.
+        return torch.tensor([[cos, -sin * height / width, 0.0], [sin * width / height, cos, 0.0]], dtype=torch.float64)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"Rotate: expected images [..., H, W], got shape {tuple(x.shape)}.")
+        height, width = x.shape[-2:]
+        images = x if x.is_floating_point() else x.float()
+        # every image (and channel) is a channel of one grid_sample input: one grid for the batch
+        flat = images.reshape(1, -1, height, width)
+        theta = self.theta(height, width).to(device=x.device, dtype=images.dtype)
+        grid = F.affine_grid(theta.unsqueeze(0), [1, 1, height, width], align_corners=False)
+        out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.reshape(images.shape)
+
+    def __repr__(self) -> str:
+        return f"Rotate(angle={self.angle})"

@@ -49,12 +49,40 @@ def _as_index_tensor(indices: Sequence[int] | Tensor, name: str) -> Tensor:
     return index
 
 
+class Compose:
+    """Batched transforms applied one after the other (picklable, unlike a lambda).
+
+    Args:
+        transforms: the transforms, in the order they apply.
+
+    Example:
+        >>> Compose([lambda x: x + 1, lambda x: x * 10])(torch.tensor([1.0]))
+        tensor([20.])
+    """
+
+    def __init__(self, transforms: Sequence[Callable[[Tensor], Tensor]]) -> None:
+        if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence):
+            raise TypeError(f"`transforms`: expected a sequence of callables, got {type(transforms).__name__}.")
+        for k, transform in enumerate(transforms):
+            if not callable(transform):
+                raise TypeError(f"`transforms[{k}]`: expected a callable, got {type(transform).__name__}.")
+        self.transforms = list(transforms)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
 def _compose(first: Transform | None, second: Transform | None) -> Transform | None:
     if first is None:
         return second
     if second is None:
         return first
-    return lambda x: second(first(x))
+    return Compose([first, second])  # a class, not a lambda: loaders with spawned workers pickle it
 
 
 class InMemoryDataset(Dataset):

@@ -398,3 +398,15 @@ def test_sampler_leaves_the_global_rng_alone() -> None:
 def test_sampler_rejects_an_empty_dataset() -> None:
     with pytest.raises(ValueError, match="`num_samples`: expected at least 1, got 0"):
         SeededRandomSampler(0, seed=0, experience=0)
+
+
+def test_stacked_transforms_pickle_for_spawned_workers() -> None:
+    import pickle
+
+    from lightning_cl.benchmarks.transforms import Normalize, Permute
+
+    ds = InMemoryDataset(torch.arange(8.0).view(2, 1, 2, 2), torch.tensor([0, 1]), transform=Normalize([1.0], [2.0]))
+    stacked = ds.with_transform(Permute(torch.tensor([3, 2, 1, 0])))
+    copy = pickle.loads(pickle.dumps(stacked))
+    torch.testing.assert_close(copy[1][0], stacked[1][0])
+    torch.testing.assert_close(stacked[0][0].flatten(), (torch.arange(4.0).flip(0) - 1.0) / 2.0)

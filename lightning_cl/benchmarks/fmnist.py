@@ -1,0 +1,91 @@
+"""SplitFMNIST: Fashion-MNIST's ten clothing classes as a class-incremental stream."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torchvision
+from torch.utils.data import Dataset
+
+from lightning_cl.benchmarks.mnist import check_split_arguments, download_mnist_like, load_mnist_like
+from lightning_cl.benchmarks.split import ClassSplit
+from lightning_cl.core.data import InMemoryDataset
+
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+def load_fmnist(root: str | Path, train: bool) -> InMemoryDataset:
+    """The Fashion-MNIST split from ``root/FashionMNIST/raw`` as uint8 tensors, normalised per batch.
+
+    Raises:
+        FileNotFoundError: naming the folder and files when the data is not there.
+    """
+    return load_mnist_like(torchvision.datasets.FashionMNIST, root, train, FMNIST_MEAN, FMNIST_STD)
+
+
+def download_fmnist(root: str | Path) -> None:
+    """Download both Fashion-MNIST splits into ``root/FashionMNIST/raw`` (md5 checked; nothing if present)."""
+    download_mnist_like(torchvision.datasets.FashionMNIST, root)
+
+
+class SplitFMNIST(ClassSplit):
+    """Class-incremental Fashion-MNIST: 10 clothing classes in ``num_experiences`` experiences (5 by default).
+
+    Xiao, Rasul and Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine
+    Learning Algorithms", arXiv:1708.07747, 2017. As in Avalanche's ``SplitFMNIST``, the class
+    order is shuffled with ``seed`` unless ``class_order`` is given.
+
+    The 60,000 train and 10,000 test images (6,000 and 1,000 per class) are held in memory as
+    uint8 tensors and normalised per batch with Fashion-MNIST's mean and std (0.2860, 0.3530).
+    Inputs are ``[1, 28, 28]``. The files are torchvision's, in ``root/FashionMNIST/raw``.
+
+    Args:
+        root: folder holding (or receiving) ``FashionMNIST/raw``.
+        num_experiences: number of experiences (a divisor of 10).
+        seed: seed of the class order (when ``class_order`` is None).
+        class_order: order of the classes, a permutation of 0..9.
+        task_labels: add the experience index as a task label.
+        batch_size: training batch size.
+        eval_batch_size: test batch size (defaults to ``batch_size``).
+        num_workers: loader worker processes.
+        download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
+
+    Raises:
+        FileNotFoundError: from ``prepare_data`` when the files cannot be fetched, or when the
+            streams are built without the files; the message names the folder and the files.
+
+    Example:
+        >>> dm = SplitFMNIST(root="data", num_experiences=2, download=False)
+        >>> dm.num_experiences, dm.num_classes
+        (2, 10)
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        num_experiences: int = 5,
+        seed: int = 0,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        download: bool = True,
+    ) -> None:
+        check_split_arguments(10, num_experiences, class_order)
+        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.download = download
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def prepare_data(self) -> None:
+        if self.download:
+            download_fmnist(self.root)
+
+    def load_datasets(self) -> tuple[Dataset, Dataset]:
+        return load_fmnist(self.root, train=True), load_fmnist(self.root, train=False)

@@ -1,0 +1,91 @@
+"""SplitKMNIST: Kuzushiji-MNIST's ten cursive hiragana classes as a class-incremental stream."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torchvision
+from torch.utils.data import Dataset
+
+from lightning_cl.benchmarks.mnist import check_split_arguments, download_mnist_like, load_mnist_like
+from lightning_cl.benchmarks.split import ClassSplit
+from lightning_cl.core.data import InMemoryDataset
+
+KMNIST_MEAN, KMNIST_STD = 0.1918, 0.3483
+
+
+def load_kmnist(root: str | Path, train: bool) -> InMemoryDataset:
+    """The Kuzushiji-MNIST split from ``root/KMNIST/raw`` as uint8 tensors, normalised per batch.
+
+    Raises:
+        FileNotFoundError: naming the folder and files when the data is not there.
+    """
+    return load_mnist_like(torchvision.datasets.KMNIST, root, train, KMNIST_MEAN, KMNIST_STD)
+
+
+def download_kmnist(root: str | Path) -> None:
+    """Download both Kuzushiji-MNIST splits into ``root/KMNIST/raw`` (md5 checked; nothing if present)."""
+    download_mnist_like(torchvision.datasets.KMNIST, root)
+
+
+class SplitKMNIST(ClassSplit):
+    """Class-incremental Kuzushiji-MNIST: 10 hiragana in ``num_experiences`` experiences (5 by default).
+
+    Clanuwat, Bober-Irizar, Kitamoto, Lamb, Yamamoto and Ha, "Deep Learning for Classical
+    Japanese Literature", NeurIPS 2018 Workshop on Machine Learning for Creativity and Design.
+
+    The 60,000 train and 10,000 test images (6,000 and 1,000 per class) are held in memory as
+    uint8 tensors and normalised per batch with the train split's mean and std (0.1918, 0.3483).
+    Inputs are ``[1, 28, 28]``. The files are torchvision's, in ``root/KMNIST/raw``; torchvision
+    wants all four of them before it reads either split.
+
+    Args:
+        root: folder holding (or receiving) ``KMNIST/raw``.
+        num_experiences: number of experiences (a divisor of 10).
+        seed: seed of the class order (when ``class_order`` is None).
+        class_order: order of the classes, a permutation of 0..9.
+        task_labels: add the experience index as a task label.
+        batch_size: training batch size.
+        eval_batch_size: test batch size (defaults to ``batch_size``).
+        num_workers: loader worker processes.
+        download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
+
+    Raises:
+        FileNotFoundError: from ``prepare_data`` when the files cannot be fetched, or when the
+            streams are built without the files; the message names the folder and the files.
+
+    Example:
+        >>> dm = SplitKMNIST(root="data", num_experiences=10, download=False)
+        >>> dm.num_experiences, dm.num_classes
+        (10, 10)
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        num_experiences: int = 5,
+        seed: int = 0,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        download: bool = True,
+    ) -> None:
+        check_split_arguments(10, num_experiences, class_order)
+        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.download = download
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def prepare_data(self) -> None:
+        if self.download:
+            download_kmnist(self.root)
+
+    def load_datasets(self) -> tuple[Dataset, Dataset]:
+        return load_kmnist(self.root, train=True), load_kmnist(self.root, train=False)
