@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from torch import Tensor
 
-from lightning_cl.benchmarks.mnist import download_mnist
+from lightning_cl.benchmarks.mnist import download_mnist, load_mnist
 
 DEFAULT_DATA = Path(os.environ.get("LIGHTNING_CL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -35,3 +36,15 @@ def quiet_trainer(**kwargs: Any) -> L.Trainer:
         enable_model_summary=False,
     )
     return L.Trainer(**{**settings, **kwargs})
+
+
+def mnist_tensors(root: Path = DEFAULT_DATA) -> tuple[Tensor, ...]:
+    """``(x_train, y_train, x_test, y_test)``: normalised MNIST in memory, staged from ``root``."""
+    staged = stage_mnist(root)
+    tensors = []
+    for train in (True, False):
+        data = load_mnist(staged, train=train)
+        x, y = data.__getitems__(range(len(data))).tensors
+        tensors += [x.contiguous(), y]
+    shutil.rmtree(staged)
+    return tuple(tensors)

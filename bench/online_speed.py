@@ -36,13 +36,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from _mnist import DEFAULT_DATA, quiet_trainer, stage_mnist
+from _mnist import DEFAULT_DATA, quiet_trainer
+from _mnist import mnist_tensors as real_mnist_tensors
 from torch import nn
 from torch.nn import functional as F
 
 from lightning_cl import ContinualModule
 from lightning_cl.benchmarks import from_tensors
-from lightning_cl.benchmarks.mnist import load_mnist
 from lightning_cl.benchmarks.online import OnlineStreamDataModule, online
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience
@@ -54,14 +54,7 @@ def mnist_tensors(root: Path, synthetic: bool) -> tuple[torch.Tensor, ...]:
     if synthetic:
         g = torch.Generator().manual_seed(0)
         return (torch.randn(60_000, 1, 28, 28, generator=g), torch.randint(0, 10, (60_000,), generator=g)) * 2
-    staged = stage_mnist(root)
-    tensors = []
-    for train in (True, False):
-        data = load_mnist(staged, train=train)
-        x, y = data.__getitems__(range(len(data))).tensors
-        tensors += [x.contiguous(), y]
-    shutil.rmtree(staged)
-    return tuple(tensors)
+    return real_mnist_tensors(root)
 
 
 class MLP(L.LightningModule):

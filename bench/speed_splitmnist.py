@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -23,28 +22,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from _mnist import DEFAULT_DATA, quiet_trainer, stage_mnist
+from _mnist import DEFAULT_DATA, mnist_tensors, quiet_trainer
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 from lightning_cl import ContinualModule, fit_stream
 from lightning_cl.benchmarks import from_tensors
-from lightning_cl.benchmarks.mnist import load_mnist
 from lightning_cl.core.data import InMemoryDataset, collate
 
 BATCH, EVAL_BATCH, EXPERIENCES = 128, 1000, 5
-
-
-def mnist_tensors(root: Path) -> tuple[torch.Tensor, ...]:
-    staged = stage_mnist(root)
-    tensors = []
-    for train in (True, False):
-        data = load_mnist(staged, train=train)
-        x, y = data.__getitems__(range(len(data))).tensors
-        tensors += [x.contiguous(), y]
-    shutil.rmtree(staged)
-    return tuple(tensors)
 
 
 def mlp() -> nn.Module:

@@ -17,7 +17,7 @@ from lightning_cl.benchmarks.online import MiniExperienceBoundaries, OnlineStrea
 from lightning_cl.core.callback import JointData
 from lightning_cl.core.data import InMemoryDataset, collate
 from lightning_cl.core.experience import Experience
-from tests.conftest import TinyClassifier
+from tests.conftest import TinyClassifier, quiet_trainer
 
 SIZES = (30, 24)  # samples per experience: 30 is not a multiple of the mini-experience size
 
@@ -76,17 +76,7 @@ class Boundaries(L.Callback):
         self.events.append(("end", trainer.datamodule.current_experience, mini.index, len(mini)))  # type: ignore[attr-defined]
 
 
-def quiet(**kwargs: Any) -> L.Trainer:
-    defaults: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        max_epochs=1,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
+quiet = quiet_trainer
 
 
 @pytest.mark.parametrize(("experience_size", "batch_size"), [(8, 8), (8, 4), (5, 1)])
