@@ -1,11 +1,13 @@
 """Streams: generators (one scenario kind per file) and the classic benchmarks."""
 
 from lightning_cl.benchmarks.blurry import blurry
+from lightning_cl.benchmarks.cifar import SplitCIFAR10, SplitCIFAR100, SplitCIFAR110
 from lightning_cl.benchmarks.class_incremental import class_incremental
 from lightning_cl.benchmarks.dataset_incremental import dataset_incremental
 from lightning_cl.benchmarks.digits import SplitDigits
 from lightning_cl.benchmarks.domain_incremental import domain_incremental
 from lightning_cl.benchmarks.fmnist import SplitFMNIST
+from lightning_cl.benchmarks.folders import SplitCUB200, SplitImageNet, SplitTinyImageNet
 from lightning_cl.benchmarks.image_folder import ImageFiles, file_list, image_folder
 from lightning_cl.benchmarks.instance_incremental import instance_incremental
 from lightning_cl.benchmarks.joint import JointTraining
@@ -31,10 +33,16 @@ __all__ = [
     "PermutedMNIST",
     "Rotate",
     "RotatedMNIST",
+    "SplitCIFAR10",
+    "SplitCIFAR100",
+    "SplitCIFAR110",
+    "SplitCUB200",
     "SplitDigits",
     "SplitFMNIST",
+    "SplitImageNet",
     "SplitKMNIST",
     "SplitMNIST",
+    "SplitTinyImageNet",
     "ValidationStreamDataModule",
     "blurry",
     "class_incremental",
