@@ -105,6 +105,11 @@ def _ddp_entry(rank: int, port: int, fn: Callable[..., None], args: tuple[Any, .
     )
     torch.set_num_threads(1)
     fn(rank, *args)
+    if torch.distributed.is_initialized():
+        # a gloo group left to interpreter shutdown can abort the process ("terminate called
+        # without an active exception") after the work is done: close it while both ranks are here
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def run_two_processes(fn: Callable[..., None], *args: Any) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -11,10 +12,10 @@ from torch.utils.data import Dataset
 
 from lightning_cl.benchmarks.class_incremental import select, split_by_class
 from lightning_cl.benchmarks.mnist import check_split_arguments
-from lightning_cl.benchmarks.split import ClassSplit
+from lightning_cl.benchmarks.split import ClassSplit, with_transforms
 from lightning_cl.benchmarks.transforms import Normalize
 from lightning_cl.core.data import InMemoryDataset, targets_of
-from lightning_cl.core.experience import Experience, Stream
+from lightning_cl.core.experience import Experience
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -108,6 +109,9 @@ class SplitCIFAR10(ClassSplit):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
         download: download the archive in ``prepare_data`` (rank 0 only), checking its md5.
 
     Example:
@@ -127,10 +131,23 @@ class SplitCIFAR10(ClassSplit):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         check_split_arguments(10, num_experiences, class_order)
-        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(
+            num_experiences,
+            seed,
+            class_order,
+            task_labels,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         self.download = download
 
@@ -163,6 +180,9 @@ class SplitCIFAR100(ClassSplit):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
         download: download the archive in ``prepare_data`` (rank 0 only), checking its md5.
 
     Example:
@@ -182,10 +202,23 @@ class SplitCIFAR100(ClassSplit):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         check_split_arguments(100, num_experiences, class_order)
-        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(
+            num_experiences,
+            seed,
+            class_order,
+            task_labels,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         self.download = download
 
@@ -226,6 +259,9 @@ class SplitCIFAR110(ClassSplit):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
         download: download both archives in ``prepare_data`` (rank 0 only), checking their md5.
 
     Example:
@@ -245,6 +281,8 @@ class SplitCIFAR110(ClassSplit):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         if isinstance(num_experiences, bool) or not isinstance(num_experiences, int) or num_experiences < 2:
             raise ValueError(
@@ -259,8 +297,19 @@ class SplitCIFAR110(ClassSplit):
             raise ValueError(
                 f"`num_experiences`: expected 1 + a divisor of the 100 CIFAR-100 classes, got {num_experiences}."
             ) from error
-        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(
+            num_experiences,
+            seed,
+            class_order,
+            task_labels,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         self.download = download
 
@@ -273,7 +322,7 @@ class SplitCIFAR110(ClassSplit):
             download_cifar(torchvision.datasets.CIFAR10, self.root)
             download_cifar(torchvision.datasets.CIFAR100, self.root)
 
-    def build_streams(self) -> tuple[Stream, Stream]:
+    def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
         cifar10 = {"train": load_cifar10(self.root, train=True), "test": load_cifar10(self.root, train=False)}
         cifar100 = [load_cifar100(self.root, train=True), load_cifar100(self.root, train=False)]
         shifted = [d.relabel(d.targets + 10, None) for d in cifar100]
@@ -293,4 +342,4 @@ class SplitCIFAR110(ClassSplit):
                     targets = targets_of(data)
                     data = select(data, torch.arange(len(targets)), targets, torch.full_like(targets, k))
                 streams[name].append(Experience(k, data, seen, k if self.task_labels else 0))
-        return Stream(streams["train"], "train"), Stream(streams["test"], "test")
+        return with_transforms(streams["train"], streams["test"], self.train_transform, self.eval_transform)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torchvision
 from torch.utils.data import Dataset
@@ -49,6 +50,9 @@ class SplitFMNIST(ClassSplit):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
         download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
 
     Raises:
@@ -72,10 +76,23 @@ class SplitFMNIST(ClassSplit):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         check_split_arguments(10, num_experiences, class_order)
-        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(
+            num_experiences,
+            seed,
+            class_order,
+            task_labels,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         self.download = download
 

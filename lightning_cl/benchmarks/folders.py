@@ -95,6 +95,8 @@ class _FolderSplit(ClassSplit):
         self.train_transform = train_transform
         self.eval_transform = eval_transform
 
+    compose_transforms = False  # the given transforms replace the default in `datasets`
+
     def default_transform(self, train: bool) -> Transform:
         raise NotImplementedError
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -12,7 +13,7 @@ from torch.utils.data import Dataset
 
 from lightning_cl.benchmarks.class_incremental import resolve_class_order, resolve_experience_sizes
 from lightning_cl.benchmarks.domain_incremental import split_by_domain
-from lightning_cl.benchmarks.split import ClassSplit
+from lightning_cl.benchmarks.split import ClassSplit, check_transform, with_transforms
 from lightning_cl.benchmarks.transforms import Normalize, Permute
 from lightning_cl.core.data import InMemoryDataset
 from lightning_cl.core.datamodule import StreamDataModule
@@ -125,6 +126,9 @@ class SplitMNIST(ClassSplit):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
         download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
     """
 
@@ -139,10 +143,23 @@ class SplitMNIST(ClassSplit):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         check_split_arguments(10, num_experiences, class_order)
-        super().__init__(num_experiences, seed, class_order, task_labels, batch_size, eval_batch_size, num_workers)
-        self.save_hyperparameters()
+        super().__init__(
+            num_experiences,
+            seed,
+            class_order,
+            task_labels,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         self.download = download
 
@@ -173,6 +190,9 @@ class PermutedMNIST(StreamDataModule):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
         download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
     """
 
@@ -186,11 +206,16 @@ class PermutedMNIST(StreamDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         if isinstance(num_experiences, bool) or not isinstance(num_experiences, int) or num_experiences < 1:
             raise ValueError(f"`num_experiences`: expected a positive integer, got {num_experiences!r}.")
-        self.save_hyperparameters()
+        self.train_transform = check_transform(train_transform, "train_transform")
+        self.eval_transform = check_transform(eval_transform, "eval_transform")
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         self.task_labels = task_labels
         self.download = download
@@ -214,9 +239,10 @@ class PermutedMNIST(StreamDataModule):
         return [torch.randperm(28 * 28, generator=generator) for _ in range(self._num_experiences)]
 
     def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
-        return split_by_domain(
+        streams = split_by_domain(
             load_mnist(self.root, train=True),
             load_mnist(self.root, train=False),
             [Permute(p) for p in self.permutations()],
             task_labels=self.task_labels,
         )
+        return with_transforms(*streams, self.train_transform, self.eval_transform)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 
 from lightning_cl.benchmarks.domain_incremental import split_by_domain
 from lightning_cl.benchmarks.mnist import MNIST_MEAN, MNIST_STD, download_mnist, load_mnist
+from lightning_cl.benchmarks.split import check_transform, with_transforms
 from lightning_cl.benchmarks.transforms import Compose, Normalize, Rotate
 from lightning_cl.core.data import InMemoryDataset
 from lightning_cl.core.datamodule import StreamDataModule
@@ -47,6 +48,9 @@ class RotatedMNIST(StreamDataModule):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
         download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
 
     Raises:
@@ -71,6 +75,8 @@ class RotatedMNIST(StreamDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         if isinstance(num_experiences, bool) or not isinstance(num_experiences, int) or num_experiences < 1:
@@ -78,7 +84,10 @@ class RotatedMNIST(StreamDataModule):
         self.rotations = (
             draw_rotations(num_experiences, seed) if rotations is None else _check_rotations(rotations, num_experiences)
         )
-        self.save_hyperparameters()
+        self.train_transform = check_transform(train_transform, "train_transform")
+        self.eval_transform = check_transform(eval_transform, "eval_transform")
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
         self.task_labels = task_labels
         self.download = download
@@ -113,12 +122,13 @@ class RotatedMNIST(StreamDataModule):
         train, test = load_mnist(self.root, train=True), load_mnist(self.root, train=False)
         # rotate the raw pixels, then normalise: zeros padding is then the black background
         normalize = Normalize([MNIST_MEAN], [MNIST_STD], scale=1 / 255)
-        return split_by_domain(
+        streams = split_by_domain(
             InMemoryDataset(train.inputs, train.targets),
             InMemoryDataset(test.inputs, test.targets),
             [Compose([Rotate(angle), normalize]) for angle in self.rotations],
             task_labels=self.task_labels,
         )
+        return with_transforms(*streams, self.train_transform, self.eval_transform)
 
 
 def _check_rotations(rotations: Sequence[float], num_experiences: int) -> list[float]:

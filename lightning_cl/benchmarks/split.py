@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
@@ -25,7 +27,23 @@ class ClassSplit(StreamDataModule):
         batch_size: training batch size.
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
+        train_transform: applied to the train stream's inputs after the standard normalisation
+            (None: normalisation only). On the in-memory fast path it receives whole batches
+            ``[B, C, H, W]`` of floats; wrap a per-image transform in
+            :class:`~lightning_cl.benchmarks.transforms.PerSample`.
+        eval_transform: the same for the test stream's inputs.
+
+    The transforms are composed (``with_transform``) after each experience dataset's own
+    normalisation when the streams are built; ``dataset[i]`` equals row ``i`` of a batch.
+    Subclasses keep them out of ``save_hyperparameters`` (they are code, and checkpoints must
+    load with ``weights_only=True``). Both are keyword arguments appended at the end, so
+    existing positional calls are unchanged.
     """
+
+    #: True: ``train_transform`` / ``eval_transform`` run after the normalisation of the in-memory
+    #: data; per-sample datamodules (image folders) set False: their transforms replace the
+    #: default one in ``load_datasets``.
+    compose_transforms: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -36,8 +54,12 @@ class ClassSplit(StreamDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        self.train_transform = check_transform(train_transform, "train_transform")
+        self.eval_transform = check_transform(eval_transform, "eval_transform")
         self.class_order = None if class_order is None else list(class_order)
         self.task_labels = task_labels
         self._num_experiences = num_experiences
@@ -53,7 +75,7 @@ class ClassSplit(StreamDataModule):
 
     def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
         train, test = self.load_datasets()
-        return split_by_class(
+        streams = split_by_class(
             train,
             test,
             num_experiences=self._num_experiences,
@@ -61,3 +83,45 @@ class ClassSplit(StreamDataModule):
             seed=self.seed,
             task_labels=self.task_labels,
         )
+        if not self.compose_transforms:
+            return streams  # the subclass's load_datasets applied its transforms already
+        return with_transforms(*streams, self.train_transform, self.eval_transform)
+
+
+def check_transform(transform: Any, name: str) -> Callable[[Any], Any] | None:
+    """``transform`` if it is callable or None, else a TypeError naming ``name``."""
+    if transform is not None and not callable(transform):
+        raise TypeError(f"`{name}`: expected a callable (or None), got {type(transform).__name__}.")
+    return transform
+
+
+def with_transforms(
+    train_stream: Sequence[Experience],
+    test_stream: Sequence[Experience],
+    train_transform: Callable[[Any], Any] | None,
+    eval_transform: Callable[[Any], Any] | None,
+) -> tuple[list[Experience], list[Experience]]:
+    """The two streams with ``train_transform`` / ``eval_transform`` composed after each dataset's own.
+
+    A dataset of this package composes the transform after its normalisation (``with_transform``);
+    an in-memory dataset calls it on whole batches.
+
+    Raises:
+        TypeError: when a transform is given and a dataset cannot take one.
+    """
+
+    def apply(stream: Sequence[Experience], transform: Callable[[Any], Any] | None, name: str) -> list[Experience]:
+        if transform is None:
+            return list(stream)
+        out = []
+        for experience in stream:
+            compose = getattr(experience.dataset, "with_transform", None)
+            if compose is None:
+                raise TypeError(
+                    f"`{name}`: the dataset of experience {experience.index} "
+                    f"({type(experience.dataset).__name__}) has no `with_transform`."
+                )
+            out.append(dataclasses.replace(experience, dataset=compose(transform)))
+        return out
+
+    return apply(train_stream, train_transform, "train_transform"), apply(test_stream, eval_transform, "eval_transform")

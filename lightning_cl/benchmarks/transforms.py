@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from lightning_cl.core.data import Compose
 
-__all__ = ["Compose", "Normalize", "Permute", "Rotate"]
+__all__ = ["Compose", "Normalize", "PerSample", "Permute", "Rotate"]
 
 
 class Normalize:
@@ -38,7 +38,11 @@ class Normalize:
 
     def __call__(self, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x.float() * self.scale - self.mean.view(shape)) / self.std.view(shape)
+        # one multiply and one add in place on a fresh float copy: several times faster than
+        # (x * scale - mean) / std, which allocates a temporary per operation
+        gain = (self.scale / self.std).view(shape)
+        offset = (-self.mean / self.std).view(shape)
+        return x.to(torch.float32, copy=True).mul_(gain).add_(offset)
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()}, scale={self.scale})"
@@ -58,7 +62,8 @@ class Permute:
         self.permutation = permutation
 
     def __call__(self, x: Tensor) -> Tensor:
-        return x.reshape(len(x), -1)[:, self.permutation].reshape(x.shape)
+        # index_select is a few times faster than advanced indexing on the second dimension
+        return torch.index_select(x.reshape(len(x), -1), 1, self.permutation).reshape(x.shape)
 
     def __repr__(self) -> str:
         return f"Permute(pixels={len(self.permutation)})"
@@ -110,3 +115,33 @@ class Rotate:
 
     def __repr__(self) -> str:
         return f"Rotate(angle={self.angle})"
+
+
+class PerSample:
+    """Marks a transform that takes one sample, not a batch: applies it to each row of a batch.
+
+    The in-memory datasets call their transforms on whole batches ``[B, C, H, W]``; a transform
+    written for one image ``[C, H, W]`` (most torchvision augmentations) goes in a ``PerSample``,
+    which calls it on every row and stacks the results. ``dataset[i]`` then equals row ``i`` of a
+    batch (for random transforms: under the same RNG state). Batched transforms are much faster;
+    use this only for those that cannot be batched.
+
+    Args:
+        transform: a callable on one sample ``[C, H, W]`` returning a tensor.
+
+    Example:
+        >>> flip = PerSample(lambda img: img.flip(-1))
+        >>> flip(torch.tensor([[[[1.0, 2.0]]], [[[3.0, 4.0]]]])).tolist()
+        [[[[2.0, 1.0]]], [[[4.0, 3.0]]]]
+    """
+
+    def __init__(self, transform: Callable[[Tensor], Tensor]) -> None:
+        if not callable(transform):
+            raise TypeError(f"`transform`: expected a callable, got {type(transform).__name__}.")
+        self.transform = transform
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.stack([self.transform(row) for row in x])
+
+    def __repr__(self) -> str:
+        return f"PerSample({self.transform!r})"

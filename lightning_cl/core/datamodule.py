@@ -45,7 +45,8 @@ class StreamDataModule(L.LightningDataModule):
             ``state_dict`` and hyperparameters.
         shuffle_seed: seed of the training order; each epoch's order is a function of
             ``(shuffle_seed, experience, epoch)``. Defaults to the seed of ``seed_everything``
-            (``PL_GLOBAL_SEED``), or 0.
+            (``PL_GLOBAL_SEED``), or 0. The seed actually used is recorded in ``state_dict``
+            (``"shuffle_seed"``) and, once a training loader is built, in ``hparams``.
         pin_memory: passed to the loaders.
         drop_last: drop the last incomplete training batch.
     """
@@ -179,6 +180,8 @@ class StreamDataModule(L.LightningDataModule):
             "epochs_per_experience": self._epochs_per_experience,
             "steps_per_experience": self._steps_per_experience,
             "seed": self.seed,
+            # the training order's seed actually used (shuffle_seed, else seed_everything's)
+            "shuffle_seed": self._sampler_seed(),
             "num_experiences": self.num_experiences,
             "train_classes": [list(e.classes_in_this_experience) for e in self.train_stream],
         }
@@ -230,6 +233,8 @@ class StreamDataModule(L.LightningDataModule):
             dataset = callback.train_dataset(self, experience, dataset)
         size = len(dataset)  # type: ignore[arg-type]
         seed = self._sampler_seed()
+        # recorded with the hyperparameters, so a checkpoint's datamodule_hyper_parameters hold it
+        self.hparams["shuffle_seed"] = seed
         main = self._loader(dataset, self.batch_size, SeededRandomSampler(size, seed, experience.index), self.drop_last)
         extras: dict[str, DataLoader] = {}
         for callback in callbacks:
