@@ -98,7 +98,8 @@ class _FolderSplit(ClassSplit):
     compose_transforms = False  # the given transforms replace the default in `datasets`
 
     def default_transform(self, train: bool) -> Transform:
-        raise NotImplementedError
+        """The transform of the train (``train=True``) or test images when none is given."""
+        raise TypeError(f"{type(self).__name__} must implement `default_transform`.")
 
     def datasets(
         self, train_files: list[tuple[str, int]], test_files: list[tuple[str, int]]
