@@ -11,8 +11,7 @@ import torchvision
 from torch.utils.data import Dataset
 
 from lightning_cl.benchmarks.class_incremental import select, split_by_class
-from lightning_cl.benchmarks.mnist import check_split_arguments
-from lightning_cl.benchmarks.split import ClassSplit, with_transforms
+from lightning_cl.benchmarks.split import ClassSplit, FileSplit, check_split_arguments, with_transforms
 from lightning_cl.benchmarks.transforms import Normalize
 from lightning_cl.core.data import InMemoryDataset, targets_of
 from lightning_cl.core.experience import Experience
@@ -93,7 +92,7 @@ def load_cifar100(root: str | Path, train: bool) -> InMemoryDataset:
     return load_cifar(torchvision.datasets.CIFAR100, root, train, CIFAR100_MEAN, CIFAR100_STD)
 
 
-class SplitCIFAR10(ClassSplit):
+class SplitCIFAR10(FileSplit):
     """Class-incremental CIFAR-10: 10 classes in ``num_experiences`` experiences (5 by default).
 
     The 50,000 train and 10,000 test images are held in memory as one uint8 tensor
@@ -120,50 +119,14 @@ class SplitCIFAR10(ClassSplit):
         (10, 5)
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        num_experiences: int = 5,
-        seed: int = 0,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        download: bool = True,
-        train_transform: Callable[[Any], Any] | None = None,
-        eval_transform: Callable[[Any], Any] | None = None,
-    ) -> None:
-        check_split_arguments(10, num_experiences, class_order)
-        super().__init__(
-            num_experiences,
-            seed,
-            class_order,
-            task_labels,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-        )
-        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
-        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
-        self.root = Path(root)
-        self.download = download
+    def fetch(self, root: Path) -> None:
+        download_cifar(torchvision.datasets.CIFAR10, root)
 
-    @property
-    def num_classes(self) -> int:
-        return 10
-
-    def prepare_data(self) -> None:
-        if self.download:
-            download_cifar(torchvision.datasets.CIFAR10, self.root)
-
-    def load_datasets(self) -> tuple[Dataset, Dataset]:
-        return load_cifar10(self.root, train=True), load_cifar10(self.root, train=False)
+    def load(self, root: Path, train: bool) -> Dataset:
+        return load_cifar10(root, train)
 
 
-class SplitCIFAR100(ClassSplit):
+class SplitCIFAR100(FileSplit):
     """Class-incremental CIFAR-100: 100 fine classes in ``num_experiences`` experiences (10 by default).
 
     The 50,000 train and 10,000 test images are held in memory as one uint8 tensor
@@ -191,47 +154,14 @@ class SplitCIFAR100(ClassSplit):
         (100, 10)
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        num_experiences: int = 10,
-        seed: int = 0,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        download: bool = True,
-        train_transform: Callable[[Any], Any] | None = None,
-        eval_transform: Callable[[Any], Any] | None = None,
-    ) -> None:
-        check_split_arguments(100, num_experiences, class_order)
-        super().__init__(
-            num_experiences,
-            seed,
-            class_order,
-            task_labels,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-        )
-        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
-        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
-        self.root = Path(root)
-        self.download = download
+    CLASSES = 100
+    DEFAULT_EXPERIENCES = 10
 
-    @property
-    def num_classes(self) -> int:
-        return 100
+    def fetch(self, root: Path) -> None:
+        download_cifar(torchvision.datasets.CIFAR100, root)
 
-    def prepare_data(self) -> None:
-        if self.download:
-            download_cifar(torchvision.datasets.CIFAR100, self.root)
-
-    def load_datasets(self) -> tuple[Dataset, Dataset]:
-        return load_cifar100(self.root, train=True), load_cifar100(self.root, train=False)
+    def load(self, root: Path, train: bool) -> Dataset:
+        return load_cifar100(root, train)
 
 
 class SplitCIFAR110(ClassSplit):

@@ -18,8 +18,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_and_extract_archive
 
 from lightning_cl.benchmarks.image_folder import ImageFiles, scan_image_folder
-from lightning_cl.benchmarks.mnist import check_split_arguments
-from lightning_cl.benchmarks.split import ClassSplit
+from lightning_cl.benchmarks.split import ClassSplit, check_split_arguments
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torchvision
 from torch.utils.data import Dataset
 
-from lightning_cl.benchmarks.mnist import check_split_arguments, download_mnist_like, load_mnist_like
-from lightning_cl.benchmarks.split import ClassSplit
+from lightning_cl.benchmarks.mnist import download_mnist_like, load_mnist_like
+from lightning_cl.benchmarks.split import FileSplit
 from lightning_cl.core.data import InMemoryDataset
 
 KMNIST_MEAN, KMNIST_STD = 0.1918, 0.3483
@@ -30,7 +28,7 @@ def download_kmnist(root: str | Path) -> None:
     download_mnist_like(torchvision.datasets.KMNIST, root)
 
 
-class SplitKMNIST(ClassSplit):
+class SplitKMNIST(FileSplit):
     """Class-incremental Kuzushiji-MNIST: 10 hiragana in ``num_experiences`` experiences (5 by default).
 
     Clanuwat, Bober-Irizar, Kitamoto, Lamb, Yamamoto and Ha, "Deep Learning for Classical
@@ -65,44 +63,8 @@ class SplitKMNIST(ClassSplit):
         (10, 10)
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        num_experiences: int = 5,
-        seed: int = 0,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        download: bool = True,
-        train_transform: Callable[[Any], Any] | None = None,
-        eval_transform: Callable[[Any], Any] | None = None,
-    ) -> None:
-        check_split_arguments(10, num_experiences, class_order)
-        super().__init__(
-            num_experiences,
-            seed,
-            class_order,
-            task_labels,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-        )
-        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
-        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
-        self.root = Path(root)
-        self.download = download
+    def fetch(self, root: Path) -> None:
+        download_kmnist(root)
 
-    @property
-    def num_classes(self) -> int:
-        return 10
-
-    def prepare_data(self) -> None:
-        if self.download:
-            download_kmnist(self.root)
-
-    def load_datasets(self) -> tuple[Dataset, Dataset]:
-        return load_kmnist(self.root, train=True), load_kmnist(self.root, train=False)
+    def load(self, root: Path, train: bool) -> Dataset:
+        return load_kmnist(root, train)

@@ -11,9 +11,8 @@ import torchvision
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_cl.benchmarks.class_incremental import resolve_class_order, resolve_experience_sizes
 from lightning_cl.benchmarks.domain_incremental import split_by_domain
-from lightning_cl.benchmarks.split import ClassSplit, check_transform, with_transforms
+from lightning_cl.benchmarks.split import FileSplit, check_transform, with_transforms
 from lightning_cl.benchmarks.transforms import Normalize, Permute
 from lightning_cl.core.data import InMemoryDataset
 from lightning_cl.core.datamodule import StreamDataModule
@@ -88,15 +87,6 @@ def download_mnist_like(dataset: MNISTLike, root: str | Path) -> None:
         ) from error
 
 
-def check_split_arguments(num_classes: int, num_experiences: int, class_order: Sequence[int] | None) -> None:
-    """Raise the errors of :func:`split_by_class` now, before any data is read."""
-    resolve_experience_sizes(num_classes, num_experiences, None)
-    if class_order is not None:
-        if isinstance(class_order, (str, bytes)) or not isinstance(class_order, Sequence):
-            raise TypeError(f"`class_order`: expected a sequence of class ids, got {type(class_order).__name__}.")
-        resolve_class_order(list(range(num_classes)), class_order, seed=0)
-
-
 def load_mnist(root: str | Path, train: bool) -> InMemoryDataset:
     """The MNIST split from ``root/MNIST/raw`` as uint8 tensors, normalised per batch.
 
@@ -111,7 +101,7 @@ def download_mnist(root: str | Path) -> None:
     download_mnist_like(torchvision.datasets.MNIST, root)
 
 
-class SplitMNIST(ClassSplit):
+class SplitMNIST(FileSplit):
     """Class-incremental MNIST: 10 digits in ``num_experiences`` experiences (5 by default).
 
     The 60,000 train and 10,000 test images are held in memory as uint8 tensors and normalised
@@ -132,47 +122,11 @@ class SplitMNIST(ClassSplit):
         download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
     """
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        num_experiences: int = 5,
-        seed: int = 0,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        download: bool = True,
-        train_transform: Callable[[Any], Any] | None = None,
-        eval_transform: Callable[[Any], Any] | None = None,
-    ) -> None:
-        check_split_arguments(10, num_experiences, class_order)
-        super().__init__(
-            num_experiences,
-            seed,
-            class_order,
-            task_labels,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-        )
-        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
-        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
-        self.root = Path(root)
-        self.download = download
+    def fetch(self, root: Path) -> None:
+        download_mnist(root)
 
-    @property
-    def num_classes(self) -> int:
-        return 10
-
-    def prepare_data(self) -> None:
-        if self.download:
-            download_mnist(self.root)
-
-    def load_datasets(self) -> tuple[Dataset, Dataset]:
-        return load_mnist(self.root, train=True), load_mnist(self.root, train=False)
+    def load(self, root: Path, train: bool) -> Dataset:
+        return load_mnist(root, train)
 
 
 class PermutedMNIST(StreamDataModule):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
-from lightning_cl.benchmarks.class_incremental import split_by_class
+from lightning_cl.benchmarks.class_incremental import resolve_class_order, resolve_experience_sizes, split_by_class
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience
 
@@ -88,6 +89,15 @@ class ClassSplit(StreamDataModule):
         return with_transforms(*streams, self.train_transform, self.eval_transform)
 
 
+def check_split_arguments(num_classes: int, num_experiences: int, class_order: Sequence[int] | None) -> None:
+    """Raise the errors of :func:`split_by_class` now, before any data is read."""
+    resolve_experience_sizes(num_classes, num_experiences, None)
+    if class_order is not None:
+        if isinstance(class_order, (str, bytes)) or not isinstance(class_order, Sequence):
+            raise TypeError(f"`class_order`: expected a sequence of class ids, got {type(class_order).__name__}.")
+        resolve_class_order(list(range(num_classes)), class_order, seed=0)
+
+
 def check_transform(transform: Any, name: str) -> Callable[[Any], Any] | None:
     """``transform`` if it is callable or None, else a TypeError naming ``name``."""
     if transform is not None and not callable(transform):
@@ -125,3 +135,82 @@ def with_transforms(
         return out
 
     return apply(train_stream, train_transform, "train_transform"), apply(test_stream, eval_transform, "eval_transform")
+
+
+class FileSplit(ClassSplit):
+    """A class split of a data set read into memory from torchvision's files under ``root``.
+
+    Subclasses set :attr:`CLASSES` (and :attr:`DEFAULT_EXPERIENCES`, the literature's number of
+    experiences) and implement :meth:`fetch` (download with md5 checks) and :meth:`load` (one split
+    as an in-memory dataset, normalised per batch).
+
+    Args:
+        root: folder holding (or receiving) the files.
+        num_experiences: number of experiences (a divisor of the number of classes); None takes
+            :attr:`DEFAULT_EXPERIENCES`.
+        seed: seed of the class order (when ``class_order`` is None).
+        class_order: order of the classes, a permutation of their ids.
+        task_labels: add the experience index as a task label.
+        batch_size: training batch size.
+        eval_batch_size: test batch size (defaults to ``batch_size``).
+        num_workers: loader worker processes.
+        download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
+        train_transform: applied to the train stream's inputs after the normalisation, on whole
+            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
+        eval_transform: the same for the test stream (None: normalisation only).
+    """
+
+    CLASSES: ClassVar[int] = 10
+    DEFAULT_EXPERIENCES: ClassVar[int] = 5
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        num_experiences: int | None = None,
+        seed: int = 0,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        download: bool = True,
+        train_transform: Callable[[Any], Any] | None = None,
+        eval_transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if num_experiences is None:
+            num_experiences = self.DEFAULT_EXPERIENCES
+        check_split_arguments(self.CLASSES, num_experiences, class_order)
+        super().__init__(
+            num_experiences,
+            seed,
+            class_order,
+            task_labels,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+        # transforms are code, not hyperparameters: kept out so checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
+        self.root = Path(root)
+        self.download = download
+
+    @property
+    def num_classes(self) -> int:
+        return self.CLASSES
+
+    def fetch(self, root: Path) -> None:
+        """Download the files into ``root`` (nothing when they are there)."""
+        raise TypeError(f"{type(self).__name__} must implement `fetch`.")
+
+    def load(self, root: Path, train: bool) -> Dataset:
+        """One split, in memory."""
+        raise TypeError(f"{type(self).__name__} must implement `load`.")
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self.fetch(self.root)
+
+    def load_datasets(self) -> tuple[Dataset, Dataset]:
+        return self.load(self.root, True), self.load(self.root, False)
