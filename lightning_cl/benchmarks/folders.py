@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -108,7 +108,46 @@ class _FolderSplit(ClassSplit):
         return ImageFiles(train_files, train_t), ImageFiles(test_files, eval_t)
 
 
-class SplitTinyImageNet(_FolderSplit):
+class _DownloadedFolderSplit(_FolderSplit):
+    """A folder split with a fixed number of classes, downloaded in ``prepare_data`` when asked."""
+
+    CLASSES: ClassVar[int] = 200
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        num_experiences: int = 10,
+        seed: int = 0,
+        class_order: Sequence[int] | None = None,
+        task_labels: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        download: bool = True,
+        train_transform: Transform | None = None,
+        eval_transform: Transform | None = None,
+    ) -> None:
+        check_split_arguments(self.CLASSES, num_experiences, class_order)
+        super().__init__(
+            root,
+            num_experiences,
+            seed,
+            class_order,
+            task_labels,
+            batch_size,
+            eval_batch_size,
+            num_workers,
+            train_transform,
+            eval_transform,
+        )
+        self.download = download
+
+    @property
+    def num_classes(self) -> int:
+        return self.CLASSES
+
+
+class SplitTinyImageNet(_DownloadedFolderSplit):
     """Class-incremental TinyImageNet: 200 classes of 64x64 images in ``num_experiences`` experiences.
 
     Reads the official layout under ``root/tiny-imagenet-200``: ``wnids.txt`` (the 200 class
@@ -145,42 +184,9 @@ class SplitTinyImageNet(_FolderSplit):
 
     LAYOUT = "tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt}"
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        num_experiences: int = 10,
-        seed: int = 0,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        download: bool = True,
-        train_transform: Transform | None = None,
-        eval_transform: Transform | None = None,
-    ) -> None:
-        check_split_arguments(200, num_experiences, class_order)
-        super().__init__(
-            root,
-            num_experiences,
-            seed,
-            class_order,
-            task_labels,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            train_transform,
-            eval_transform,
-        )
-        self.download = download
-
     @property
     def folder(self) -> Path:
         return self.root / "tiny-imagenet-200"
-
-    @property
-    def num_classes(self) -> int:
-        return 200
 
     def default_transform(self, train: bool) -> Transform:
         return tiny_imagenet_transforms(train)
@@ -221,7 +227,7 @@ class SplitTinyImageNet(_FolderSplit):
         return self.datasets(train, test)
 
 
-class SplitCUB200(_FolderSplit):
+class SplitCUB200(_DownloadedFolderSplit):
     """Class-incremental CUB-200-2011: 200 bird species in ``num_experiences`` experiences.
 
     Reads the official layout under ``root/CUB_200_2011``: ``images.txt`` (``<id> <path>``, paths
@@ -259,42 +265,9 @@ class SplitCUB200(_FolderSplit):
 
     LAYOUT = "CUB_200_2011/{images/<class>/<image>.jpg, images.txt, image_class_labels.txt, train_test_split.txt}"
 
-    def __init__(
-        self,
-        root: str | Path = "data",
-        num_experiences: int = 10,
-        seed: int = 0,
-        class_order: Sequence[int] | None = None,
-        task_labels: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        download: bool = True,
-        train_transform: Transform | None = None,
-        eval_transform: Transform | None = None,
-    ) -> None:
-        check_split_arguments(200, num_experiences, class_order)
-        super().__init__(
-            root,
-            num_experiences,
-            seed,
-            class_order,
-            task_labels,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            train_transform,
-            eval_transform,
-        )
-        self.download = download
-
     @property
     def folder(self) -> Path:
         return self.root / "CUB_200_2011"
-
-    @property
-    def num_classes(self) -> int:
-        return 200
 
     def default_transform(self, train: bool) -> Transform:
         return imagenet_transforms(224, 256, train)
