@@ -99,19 +99,7 @@ class SplitCIFAR10(FileSplit):
     ``[N, 3, 32, 32]`` per split and normalised per batch with the usual CIFAR-10 mean
     (0.4914, 0.4822, 0.4465) and std (0.2470, 0.2435, 0.2616). No augmentation is applied.
 
-    Args:
-        root: folder holding (or receiving) ``cifar-10-batches-py``.
-        num_experiences: number of experiences (a divisor of 10).
-        seed: seed of the class order (when ``class_order`` is None).
-        class_order: order of the classes, a permutation of 0..9.
-        task_labels: add the experience index as a task label.
-        batch_size: training batch size.
-        eval_batch_size: test batch size (defaults to ``batch_size``).
-        num_workers: loader worker processes.
-        train_transform: applied to the train stream's inputs after the normalisation, on whole
-            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
-        eval_transform: the same for the test stream (None: normalisation only).
-        download: download the archive in ``prepare_data`` (rank 0 only), checking its md5.
+    Arguments are those of :class:`~lightning_cl.benchmarks.split.FileSplit`.
 
     Example:
         >>> dm = SplitCIFAR10(root="nowhere", download=False)  # nothing is read before the streams are used
@@ -134,19 +122,7 @@ class SplitCIFAR100(FileSplit):
     (0.5071, 0.4865, 0.4409) and std (0.2673, 0.2564, 0.2762). The targets are the 100 fine
     labels. No augmentation is applied.
 
-    Args:
-        root: folder holding (or receiving) ``cifar-100-python``.
-        num_experiences: number of experiences (a divisor of 100).
-        seed: seed of the class order (when ``class_order`` is None).
-        class_order: order of the classes, a permutation of 0..99.
-        task_labels: add the experience index as a task label.
-        batch_size: training batch size.
-        eval_batch_size: test batch size (defaults to ``batch_size``).
-        num_workers: loader worker processes.
-        train_transform: applied to the train stream's inputs after the normalisation, on whole
-            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
-        eval_transform: the same for the test stream (None: normalisation only).
-        download: download the archive in ``prepare_data`` (rank 0 only), checking its md5.
+    Arguments are those of :class:`~lightning_cl.benchmarks.split.FileSplit`.
 
     Example:
         >>> dm = SplitCIFAR100(root="nowhere", download=False)  # nothing is read before the streams are used

@@ -39,19 +39,7 @@ class SplitKMNIST(FileSplit):
     Inputs are ``[1, 28, 28]``. The files are torchvision's, in ``root/KMNIST/raw``; torchvision
     wants all four of them before it reads either split.
 
-    Args:
-        root: folder holding (or receiving) ``KMNIST/raw``.
-        num_experiences: number of experiences (a divisor of 10).
-        seed: seed of the class order (when ``class_order`` is None).
-        class_order: order of the classes, a permutation of 0..9.
-        task_labels: add the experience index as a task label.
-        batch_size: training batch size.
-        eval_batch_size: test batch size (defaults to ``batch_size``).
-        num_workers: loader worker processes.
-        train_transform: applied to the train stream's inputs after the normalisation, on whole
-            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
-        eval_transform: the same for the test stream (None: normalisation only).
-        download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
+    Arguments are those of :class:`~lightning_cl.benchmarks.split.FileSplit`.
 
     Raises:
         FileNotFoundError: from ``prepare_data`` when the files cannot be fetched, or when the

@@ -107,19 +107,7 @@ class SplitMNIST(FileSplit):
     The 60,000 train and 10,000 test images are held in memory as uint8 tensors and normalised
     per batch with the usual MNIST mean and std (0.1307, 0.3081). Inputs are ``[1, 28, 28]``.
 
-    Args:
-        root: folder holding (or receiving) ``MNIST/raw``.
-        num_experiences: number of experiences (a divisor of 10, or see ``classes_per_experience``).
-        seed: seed of the class order (when ``class_order`` is None).
-        class_order: order of the classes, a permutation of 0..9.
-        task_labels: add the experience index as a task label.
-        batch_size: training batch size.
-        eval_batch_size: test batch size (defaults to ``batch_size``).
-        num_workers: loader worker processes.
-        train_transform: applied to the train stream's inputs after the normalisation, on whole
-            batches ``[B, C, H, W]`` of floats (wrap a per-image transform in ``PerSample``).
-        eval_transform: the same for the test stream (None: normalisation only).
-        download: download the files in ``prepare_data`` (rank 0 only), checking their md5.
+    Arguments are those of :class:`~lightning_cl.benchmarks.split.FileSplit`.
     """
 
     def fetch(self, root: Path) -> None:
