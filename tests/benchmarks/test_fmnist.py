@@ -14,8 +14,8 @@ import torch
 
 from lightning_cl.benchmarks.fmnist import FMNIST_MEAN, FMNIST_STD, SplitFMNIST, download_fmnist, load_fmnist
 from lightning_cl.core.data import InMemoryDataset
+from tests.benchmarks import EXTRACTED_SIZES, RAW_FILES
 
-RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 PAIRS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
 
 
@@ -79,13 +79,7 @@ def test_prepare_data_checks_and_extracts_the_archives_offline(prepared: tuple[P
     root, _ = prepared
     raw = root / "FashionMNIST" / "raw"
     sizes = {name: (raw / name).stat().st_size for name in RAW_FILES}
-    # 16-byte IDX header + 28 * 28 pixels per image; 8-byte header + one byte per label
-    assert sizes == {
-        "train-images-idx3-ubyte": 16 + 60000 * 784,
-        "train-labels-idx1-ubyte": 8 + 60000,
-        "t10k-images-idx3-ubyte": 16 + 10000 * 784,
-        "t10k-labels-idx1-ubyte": 8 + 10000,
-    }
+    assert sizes == EXTRACTED_SIZES
 
 
 @pytest.mark.data

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from lightning_cl.benchmarks.kmnist import KMNIST_MEAN, KMNIST_STD, SplitKMNIST, download_kmnist, load_kmnist
-
-RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+from tests.benchmarks import RAW_FILES
 
 
 @pytest.fixture

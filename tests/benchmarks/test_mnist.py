@@ -11,10 +11,10 @@ import torch
 
 from lightning_cl.benchmarks import SplitMNIST
 from lightning_cl.core.data import InMemoryDataset
+from tests.benchmarks import EXTRACTED_SIZES, RAW_FILES
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
 def no_network(*args: object, **kwargs: object) -> None:
@@ -37,14 +37,8 @@ def prepared(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def test_prepare_data_extracts_the_archives_offline(prepared: tuple[Path, SplitMNIST]) -> None:
     root, _ = prepared
     raw = root / "MNIST" / "raw"
-    # 16-byte IDX header + 28 * 28 pixels per image; 8-byte header + one byte per label
     sizes = {name: (raw / name).stat().st_size for name in RAW_FILES}
-    assert sizes == {
-        "train-images-idx3-ubyte": 16 + 60000 * 784,
-        "train-labels-idx1-ubyte": 8 + 60000,
-        "t10k-images-idx3-ubyte": 16 + 10000 * 784,
-        "t10k-labels-idx1-ubyte": 8 + 10000,
-    }
+    assert sizes == EXTRACTED_SIZES
 
 
 @pytest.mark.data
