@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_cl.core.data import InMemoryDataset, SubsetDataset, targets_of
+from lightning_cl.core.data import ConcatDataset, InMemoryDataset, SubsetDataset, targets_of
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -40,11 +40,12 @@ def check_class_ids(targets: Tensor, name: str) -> None:
 def take(dataset: Dataset, index: Tensor, task_label: int = 0) -> Dataset:
     """Items ``index`` (positions) of an experience's dataset, keeping targets and task labels.
 
-    Datasets of this package subset themselves (the tensor fast path stays); any other dataset
+    Datasets of this package subset themselves (the tensor fast path, attributes, transform
+    groups and ``collate_fn`` stay); any other dataset
     is wrapped in a :class:`SubsetDataset`, which needs the task labels up front: the dataset's
     ``task_labels`` when it has them, else ``task_label`` for samples that carry one.
     """
-    if isinstance(dataset, (InMemoryDataset, SubsetDataset)):
+    if isinstance(dataset, (InMemoryDataset, SubsetDataset, ConcatDataset)):
         return dataset.subset(index)
     targets = targets_of(dataset)
     tasks = getattr(dataset, "task_labels", None)

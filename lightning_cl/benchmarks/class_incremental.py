@@ -79,8 +79,8 @@ def resolve_experience_sizes(
 
 def select(dataset: Dataset, indices: Tensor, targets: Tensor, task_labels: Tensor | None) -> Dataset:
     """Items ``indices`` of ``dataset`` with new targets: the tensor fast path when it applies."""
-    if isinstance(dataset, InMemoryDataset):
-        return dataset.subset(indices).relabel(targets, task_labels)
+    if isinstance(dataset, (InMemoryDataset, SubsetDataset)):
+        return dataset.subset(indices).relabel(targets, task_labels)  # attributes and transform groups kept
     return SubsetDataset(dataset, indices, targets, task_labels)
 
 

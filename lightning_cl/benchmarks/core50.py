@@ -46,6 +46,13 @@ class CORe50(StreamDataModule):
       50 objects); experience 0 is the first group in a seeded session, the others come in a
       seeded random order. The test stream is one experience, the whole test set.
 
+    With ``task_labels`` experience ``k`` of the train stream has task label ``k`` and batches become
+    ``(x, y, t)``; in ``"nc"`` test experience ``k`` has task label ``k`` too, and in ``"ni"`` /
+    ``"nic"``, whose test stream is one test set, that test set is repeated once per train
+    experience with its task label (as :func:`~lightning_cl.benchmarks.instance_incremental`
+    does), so a multi-head model is evaluated with every head (a ``[T, T]`` accuracy matrix; note
+    that ``"nic"`` then evaluates the test set 72 times).
+
     Images are read per sample; the default transform (train and test) is ``ToTensor`` and the
     ImageNet mean/std normalisation, giving ``[3, 128, 128]`` inputs.
 
@@ -63,10 +70,12 @@ class CORe50(StreamDataModule):
             whole data set, by default), e.g. for a quick test.
         train_transform: replaces the default train transform.
         eval_transform: replaces the default test transform.
+        task_labels: add the experience index as a task label (see above).
 
     Raises:
         ValueError: an unknown ``scenario``, a bad ``num_objects`` or ``object_order``.
-        TypeError: a transform that is not callable, a ``root`` that is not a path.
+        TypeError: a transform that is not callable, a ``root`` that is not a path, a
+            ``task_labels`` that is not a bool.
         FileNotFoundError: at loading, a missing folder or a folder without PNG images, naming it,
             ``root`` and the layout.
 
@@ -93,6 +102,7 @@ class CORe50(StreamDataModule):
         num_objects: int = 50,
         train_transform: Transform | None = None,
         eval_transform: Transform | None = None,
+        task_labels: bool = False,
     ) -> None:
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"`root`: expected a path, got {type(root).__name__}.")
@@ -117,6 +127,8 @@ class CORe50(StreamDataModule):
                 )
         _check_transform(train_transform, "train_transform")
         _check_transform(eval_transform, "eval_transform")
+        if not isinstance(task_labels, bool):
+            raise TypeError(f"`task_labels`: expected a bool, got {type(task_labels).__name__}.")
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters(ignore=["train_transform", "eval_transform"])
         self.root = Path(root)
@@ -126,6 +138,7 @@ class CORe50(StreamDataModule):
         self.num_objects = num_objects
         self.train_transform = train_transform
         self.eval_transform = eval_transform
+        self.task_labels = task_labels
 
     @property
     def num_classes(self) -> int:
@@ -185,9 +198,9 @@ class CORe50(StreamDataModule):
 
         def experience(k: int, dataset: Dataset, mask: torch.Tensor) -> Experience:
             index = mask.nonzero().squeeze(1)
-            return Experience(
-                k, select(dataset, index, targets[index], None), tuple(sorted(set(targets[index].tolist())))
-            )
+            tasks = torch.full((len(index),), k, dtype=torch.long) if self.task_labels else None
+            classes = tuple(sorted(set(targets[index].tolist())))
+            return Experience(k, select(dataset, index, targets[index], tasks), classes, k if self.task_labels else 0)
 
         train: list[Experience] = []
         test: list[Experience] = []
@@ -210,5 +223,6 @@ class CORe50(StreamDataModule):
                         experience(k, train_data, (sessions == s) & torch.isin(objects, torch.tensor(groups[g])))
                     )
         if not test:
-            test = [experience(0, test_data, is_test)]
+            # one test set; with task labels it is repeated once per task, as a multi-head model needs
+            test = [experience(k, test_data, is_test) for k in range(len(train) if self.task_labels else 1)]
         return Stream(train, "train"), Stream(test, "test")

@@ -16,7 +16,7 @@ from lightning_cl.core.experience import Experience, Stream
 def _with_domain(dataset: Dataset, transform: Callable[[Any], Any], task_label: int | None) -> Dataset:
     targets = targets_of(dataset)
     tasks = None if task_label is None else torch.full((len(targets),), task_label, dtype=torch.long)
-    if isinstance(dataset, InMemoryDataset):
+    if isinstance(dataset, (InMemoryDataset, SubsetDataset)):
         return dataset.relabel(targets, tasks).with_transform(transform)
     return SubsetDataset(dataset, torch.arange(len(targets)), targets, tasks, transform)
 

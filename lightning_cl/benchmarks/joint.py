@@ -15,7 +15,8 @@ class JointTraining(StreamDataModule):
     Training on it with the same Trainer and model gives the upper bound a CL method is compared
     with: its accuracy matrix has one row (``R[0, j]`` on each original test experience) and its
     ``average_accuracy`` is the joint accuracy. Give the Trainer the total epoch budget you want
-    for the joint run.
+    for the joint run. The loader settings (``balance`` included, e.g. ``"task"`` to draw the
+    experiences' task labels equally) are ``stream``'s.
 
     Args:
         stream: the stream to train jointly on (its loader settings are reused).
@@ -40,6 +41,7 @@ class JointTraining(StreamDataModule):
             shuffle_seed=stream.shuffle_seed,
             pin_memory=stream.pin_memory,
             drop_last=stream.drop_last,
+            balance=stream.balance,
         )
         self.stream = stream
 

@@ -6,15 +6,69 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.datasets.utils import check_md5, download_and_extract_archive
 
 from lightning_cl.benchmarks.folders import Transform, _FolderSplit, _missing
 from lightning_cl.benchmarks.image_folder import ImageFiles
 
 OMNIGLOT_FOLDERS = ("images_background", "images_evaluation", "images_background_small1", "images_background_small2")
 TRAIN_DRAWINGS = 15  # of each character's 20 drawings, the first 15 (sorted file names) train, the rest test
+#: Where torchvision's ``Omniglot`` downloads from: the ``python/`` folder of the authors' repository
+#: (brendenlake/omniglot), which also holds the two small background sets.
+OMNIGLOT_URL = torchvision.datasets.Omniglot.download_url_prefix
+#: md5 of each folder's zip: torchvision's for the full sets, the authors' files for the small ones.
+OMNIGLOT_MD5 = {
+    **torchvision.datasets.Omniglot.zips_md5,
+    "images_background_small1": "e704a628b5459e08445c13499850abc4",
+    "images_background_small2": "b75a71a51d3b13f821f212756fe481fd",
+}
+TORCHVISION_FOLDER = torchvision.datasets.Omniglot.folder  # "omniglot-py", where torchvision extracts
+
+
+def omniglot_folder(root: str | Path, folder: str) -> Path:
+    """Where ``folder`` is under ``root``: ``root/<folder>``, or torchvision's ``root/omniglot-py/<folder>``.
+
+    Returns ``root/<folder>`` when neither exists.
+    """
+    ours, theirs = Path(root) / folder, Path(root) / TORCHVISION_FOLDER / folder
+    return theirs if not ours.is_dir() and theirs.is_dir() else ours
+
+
+def download_omniglot(root: str | Path, folder: str) -> None:
+    """Download ``<folder>.zip`` into ``root`` and extract it, unless the folder is there.
+
+    Does what ``torchvision.datasets.Omniglot(root, download=True)`` does (same URL, md5
+    checked, an archive already there with the right md5 is only extracted), for the four
+    folders of :data:`OMNIGLOT_MD5` (torchvision knows only the two full ones), into
+    ``root/<folder>``. A folder torchvision extracted (``root/omniglot-py/<folder>``) counts as there.
+
+    Raises:
+        ValueError: an unknown ``folder``.
+        FileNotFoundError: when the archive could not be fetched (offline, say), naming the data
+            set, the folder, the archive and whether it is missing or fails its md5 check.
+    """
+    if folder not in OMNIGLOT_MD5:
+        raise ValueError(f"`folder`: expected one of {list(OMNIGLOT_MD5)}, got {folder!r}.")
+    if omniglot_folder(root, folder).is_dir():
+        return
+    url, md5, archive = f"{OMNIGLOT_URL}/{folder}.zip", OMNIGLOT_MD5[folder], Path(root) / f"{folder}.zip"
+    try:
+        download_and_extract_archive(url, download_root=str(root), filename=archive.name, md5=md5)
+    except (OSError, RuntimeError) as error:
+        if not archive.is_file():
+            problem = f"{archive.name} is missing"
+        elif not check_md5(str(archive), md5):
+            problem = f"{archive.name} fails its md5 check (expected {md5})"
+        else:
+            problem = str(error)
+        raise FileNotFoundError(
+            f"SplitOmniglot: could not download {url} into {str(root)!r} ({problem}; {error}); copy {archive.name} "
+            f"(md5 {md5}) there, or its extracted folder {folder!r}, and run again."
+        ) from error
 
 
 def load_gray(path: str) -> Image.Image:
@@ -28,18 +82,20 @@ class SplitOmniglot(_FolderSplit):
 
     Reads the extracted official folder ``root/<folder>/<alphabet>/<character>/*.png`` (``folder``
     one of ``images_background`` (964 characters), ``images_evaluation`` (659),
-    ``images_background_small1`` (136) or ``images_background_small2`` (146)); torchvision's
-    ``Omniglot`` is not used, as it checks the md5 of the full zips, and nothing is downloaded.
-    Class ``i`` is the ``i``-th ``(alphabet, character)`` pair in sorted order. Omniglot has no
-    train/test split: each character's drawings are sorted by file name, the first 15 go to the
-    train set and the others (5 of the usual 20) to the test set. The class count is only known
-    when the folder is scanned, so ``num_experiences`` must divide it (136 = 8 * 17 for
-    ``images_background_small1``) and that error comes when the streams are first built. Images
-    are 105x105 binary drawings read per sample as one-channel images; the default transform is
-    ``ToTensor`` (``[1, 105, 105]`` in [0, 1]).
+    ``images_background_small1`` (136) or ``images_background_small2`` (146)), or the one
+    torchvision's ``Omniglot`` extracted, ``root/omniglot-py/<folder>``. With ``download`` (the
+    default), ``prepare_data`` (rank 0 only) downloads ``<folder>.zip`` from where torchvision's
+    ``Omniglot`` does, checks its md5 and extracts it, unless the folder is there
+    (:func:`download_omniglot`). Class ``i`` is the ``i``-th ``(alphabet, character)`` pair in
+    sorted order. Omniglot has no train/test split: each character's drawings are sorted by file
+    name, the first 15 go to the train set and the others (5 of the usual 20) to the test set.
+    The class count is only known when the folder is scanned, so ``num_experiences`` must divide
+    it (136 = 8 * 17 for ``images_background_small1``) and that error comes when the streams are
+    first built. Images are 105x105 binary drawings read per sample as one-channel images; the
+    default transform is ``ToTensor`` (``[1, 105, 105]`` in [0, 1]).
 
     Args:
-        root: folder holding the extracted ``folder``.
+        root: folder holding (or receiving) ``folder``.
         num_experiences: number of experiences (a divisor of the character count).
         seed: seed of the class order (when ``class_order`` is None).
         class_order: order of the classes, a permutation of the class ids.
@@ -48,15 +104,17 @@ class SplitOmniglot(_FolderSplit):
         eval_batch_size: test batch size (defaults to ``batch_size``).
         num_workers: loader worker processes.
         folder: which Omniglot folder to read (see above).
-        download: must be False (kept for the signature of the other benchmarks).
+        download: download and extract ``<folder>.zip`` (md5 checked) in ``prepare_data`` unless
+            the folder is there.
         train_transform: replaces the default train transform.
         eval_transform: replaces the default test transform.
 
     Raises:
-        ValueError: a non-positive ``num_experiences``, an unknown ``folder``, ``download=True``;
-            at loading, a character with fewer than 16 drawings and the class-split errors.
+        ValueError: a non-positive ``num_experiences``, an unknown ``folder``; at loading, a
+            character with fewer than 16 drawings and the class-split errors.
         TypeError: a ``class_order`` that is not a sequence, a transform that is not callable.
-        FileNotFoundError: at loading, a missing folder, naming it and the layout.
+        FileNotFoundError: at loading, a missing folder, naming it and the layout; in
+            ``prepare_data``, an archive that could not be downloaded (see :func:`download_omniglot`).
 
     Example:
         >>> import tempfile, pathlib
@@ -87,7 +145,7 @@ class SplitOmniglot(_FolderSplit):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         folder: str = "images_background",
-        download: bool = False,
+        download: bool = True,
         train_transform: Transform | None = None,
         eval_transform: Transform | None = None,
     ) -> None:
@@ -97,11 +155,6 @@ class SplitOmniglot(_FolderSplit):
             raise TypeError(f"`class_order`: expected a sequence of class ids, got {type(class_order).__name__}.")
         if folder not in OMNIGLOT_FOLDERS:
             raise ValueError(f"`folder`: expected one of {list(OMNIGLOT_FOLDERS)}, got {folder!r}.")
-        if download:
-            raise ValueError(
-                "`download`: expected False; SplitOmniglot reads an extracted folder and never downloads "
-                "(torchvision's checked zips are not used)."
-            )
         super().__init__(
             root,
             num_experiences,
@@ -117,6 +170,10 @@ class SplitOmniglot(_FolderSplit):
         self.folder = folder
         self.download = download
 
+    def prepare_data(self) -> None:
+        if self.download:
+            download_omniglot(self.root, self.folder)
+
     def default_transform(self, train: bool) -> Transform:
         return T.ToTensor()
 
@@ -128,9 +185,14 @@ class SplitOmniglot(_FolderSplit):
         return ImageFiles(train_files, train_t, load_gray), ImageFiles(test_files, eval_t, load_gray)
 
     def load_datasets(self) -> tuple[Dataset, Dataset]:
-        base = self.root / self.folder
+        base = omniglot_folder(self.root, self.folder)
         if not base.is_dir():
-            raise _missing("SplitOmniglot", base, self.LAYOUT, "Extract the Omniglot zip there (never downloaded).")
+            raise _missing(
+                "SplitOmniglot",
+                base,
+                self.LAYOUT,
+                f"Pass download=True to fetch {self.folder}.zip, or extract it there.",
+            )
         characters = sorted(
             (alphabet.name, character.name)
             for alphabet in os.scandir(base)

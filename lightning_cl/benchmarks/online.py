@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_cl.benchmarks._common import positive_int, take
 from lightning_cl.benchmarks.with_validation_stream import ValidationStreamDataModule, current_validation_loader
 from lightning_cl.core.callback import continual_callbacks
-from lightning_cl.core.data import SeededRandomSampler, _mix_seed, targets_of
+from lightning_cl.core.data import SeededRandomSampler, _mix_seed, in_group, targets_of
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience, Stream
 
@@ -36,7 +37,16 @@ class OnlineStreamDataModule(StreamDataModule):
     are marks inside one loop (``bench/online_speed.py``: 4x faster with a quiet Trainer, 22x
     with Lightning's default logger and checkpointing, on online SplitMNIST).
 
-    Mini-experience boundaries are known to CL methods (``access_task_boundaries=True``):
+    With ``train_passes`` ``p > 1`` each mini-experience is trained ``p`` times in a row before
+    the next one comes (Avalanche's ``OnlineNaive(train_passes=p)``, which trains every
+    mini-experience for ``p`` epochs): the sampler repeats the positions of each mini-experience
+    ``p`` times, in the same order, inside the same single epoch and the same ``fit``; an
+    experience then takes ``p`` times as many steps. Batches still never straddle two
+    mini-experiences; only in a last, shorter mini-experience (when ``experience_size`` does not
+    divide the experience) may one batch hold the end of a pass and the start of the next.
+
+    With ``access_task_boundaries=True`` (the default) mini-experience boundaries are known to
+    CL methods:
 
     * ``current_mini_experience`` is the index, within the current experience, of the
       mini-experience being trained (None outside training); :meth:`mini_experiences` gives them
@@ -48,6 +58,20 @@ class OnlineStreamDataModule(StreamDataModule):
       ends in ``on_train_end``, before the experience's ``on_experience_end``. A
       :class:`MiniExperienceBoundaries` callback does the calling; the datamodule adds it to the
       Trainer in ``setup("fit")`` when it is not there.
+
+    With ``access_task_boundaries=False`` the stream is boundary-free, as Avalanche's
+    ``split_online_stream(..., access_task_boundaries=False)``: methods are not told where
+    mini-experiences begin or end. No ``on_mini_experience_*`` hook is called and the stream has
+    no ``current_mini_experience`` (reading it raises ``AttributeError``, so ``hasattr`` is False
+    and ``getattr(dm, "current_mini_experience", None)`` is None); a method sees a plain sequence
+    of batches. :meth:`mini_experiences` still describes the cut, for analysis and logging only.
+    What cannot be hidden: training is still ONE ``fit`` per original experience (each fit is
+    followed by the usual evaluation), so Lightning's own fit hooks and ContinualModule's
+    ``on_experience_start`` / ``on_experience_end`` (model adaptation included) still mark the
+    original experiences. Methods meant for the boundary-free setting check
+    ``datamodule.access_task_boundaries`` and do not consolidate at those hooks. (Avalanche instead
+    calls its experience hooks at every mini-experience and masks which of them open a new
+    original experience; here there are no per-mini-experience hooks to mask.)
 
     The original experience boundaries are those of ``fit``: ``on_experience_start`` /
     ``on_experience_end`` still run once per experience, model adaptation included.
@@ -63,10 +87,15 @@ class OnlineStreamDataModule(StreamDataModule):
         shuffle: permute each experience once (seeded) before cutting it.
         seed: seed of that permutation (defaults to ``datamodule.seed``).
         batch_size: training batch size, a divisor of ``experience_size`` (defaults to it).
+        access_task_boundaries: tell CL methods where mini-experiences begin (see above).
+        train_passes: passes over each mini-experience before the next, at least 1.
 
     Raises:
-        TypeError: if ``datamodule`` is not a StreamDataModule.
-        ValueError: an ``experience_size`` below 1, or a ``batch_size`` that does not divide it.
+        TypeError: if ``datamodule`` is not a StreamDataModule, or ``access_task_boundaries`` is
+            not a bool.
+        ValueError: an ``experience_size`` or ``train_passes`` below 1, or a ``batch_size`` that
+            does not divide ``experience_size``; when the train loader is built, a ``balance``
+            (an online stream keeps its order).
     """
 
     def __init__(
@@ -77,10 +106,15 @@ class OnlineStreamDataModule(StreamDataModule):
         shuffle: bool = False,
         seed: int | None = None,
         batch_size: int | None = None,
+        access_task_boundaries: bool = True,
+        train_passes: int = 1,
     ) -> None:
         if not isinstance(datamodule, StreamDataModule):
             raise TypeError(f"`datamodule`: expected a StreamDataModule, got {type(datamodule).__name__}.")
         experience_size = positive_int(experience_size, "experience_size")
+        train_passes = positive_int(train_passes, "train_passes")
+        if not isinstance(access_task_boundaries, bool):
+            raise TypeError(f"`access_task_boundaries`: expected a bool, got {type(access_task_boundaries).__name__}.")
         batch = experience_size if batch_size is None else positive_int(batch_size, "batch_size")
         if experience_size % batch:
             raise ValueError(
@@ -99,15 +133,35 @@ class OnlineStreamDataModule(StreamDataModule):
         self.experience_size = experience_size
         self.shuffle = shuffle
         self.order_seed = datamodule.seed if seed is None else seed
-        self.current_mini_experience: int | None = None
+        self.access_task_boundaries = access_task_boundaries
+        self.train_passes = train_passes
+        self._current_mini: int | None = None
         self._mini: dict[int, Stream] = {}
+
+    @property
+    def current_mini_experience(self) -> int | None:
+        """The mini-experience being trained, within the current experience (None outside training).
+
+        Raises:
+            AttributeError: in a boundary-free stream (``access_task_boundaries=False``).
+        """
+        if not self.access_task_boundaries:
+            raise AttributeError(
+                f"{type(self).__name__} was built with access_task_boundaries=False: the stream does not "
+                "expose its mini-experience boundaries (current_mini_experience)."
+            )
+        return self._current_mini
+
+    @current_mini_experience.setter
+    def current_mini_experience(self, value: int | None) -> None:
+        self._current_mini = value
 
     def prepare_data(self) -> None:
         self.stream.prepare_data()
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
-        if stage == "fit" and trainer is not None:
+        if stage == "fit" and trainer is not None and self.access_task_boundaries:
             callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
             if not any(isinstance(c, MiniExperienceBoundaries) for c in callbacks):
                 callbacks.append(MiniExperienceBoundaries())
@@ -130,6 +184,8 @@ class OnlineStreamDataModule(StreamDataModule):
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "seed": self.order_seed,
+            "train_passes": self.train_passes,
+            "access_task_boundaries": self.access_task_boundaries,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -137,7 +193,9 @@ class OnlineStreamDataModule(StreamDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("online")
-        if saved is not None and saved != self._online_settings():
+        # settings added later are absent from older checkpoints: read them with their defaults
+        defaults = {"train_passes": 1, "access_task_boundaries": True}
+        if saved is not None and {**defaults, **saved} != self._online_settings():
             raise ValueError(
                 f"The checkpoint is from another online stream: its settings are {saved!r}, "
                 f"this {type(self).__name__} has {self._online_settings()!r}."
@@ -167,19 +225,32 @@ class OnlineStreamDataModule(StreamDataModule):
         trainer = self.trainer
         return 1 if trainer is None else trainer.world_size
 
-    def _ordered_sampler(self, dataset: Dataset) -> Sampler[int]:
+    def training_order(self, size: int) -> Tensor:
+        """Positions of an experience of ``size`` samples in training order: each mini-experience
+        ``train_passes`` times in a row.
+
+        Example:
+            >>> import torch
+            >>> from lightning_cl.benchmarks import from_tensors
+            >>> x, y = torch.randn(8, 2), torch.arange(8) % 2
+            >>> dm = online(from_tensors(x, y, x, y, num_experiences=1), 3, train_passes=2)
+            >>> dm.training_order(7).tolist()
+            [0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 6]
+        """
+        positions = torch.arange(size)
+        if self.train_passes == 1:
+            return positions
+        minis = torch.split(positions, self.experience_size)
+        return torch.cat([m.repeat(self.train_passes) for m in minis])
+
+    def _ordered_sampler(self, order: Tensor) -> OrderedSampler:
         trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
-            return SequentialSampler(dataset)  # type: ignore[arg-type]
-        # Lightning would swap a sequential train sampler for a SHUFFLED DistributedSampler; it
-        # keeps ours: rank r reads positions r, r + W, ..., so step k covers [k*B*W, (k+1)*B*W)
-        return DistributedSampler(
-            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False, drop_last=False
-        )
+        world, rank = (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+        return OrderedSampler(order, num_replicas=world, rank=rank)
 
     def mini_experience_of(self, batch_idx: int) -> int:
         """The mini-experience that training batch ``batch_idx`` of the current experience belongs to."""
-        return batch_idx * self.batch_size * self._world_size() // self.experience_size
+        return batch_idx * self.batch_size * self._world_size() // (self.experience_size * self.train_passes)
 
     # ------------------------------------------------------------------------------ training
     def _begin_fit(self, trainer: L.Trainer) -> tuple[Experience | None, bool]:
@@ -194,6 +265,11 @@ class OnlineStreamDataModule(StreamDataModule):
         return super()._begin_fit(trainer)
 
     def train_dataloader(self) -> DataLoader | CombinedLoader:
+        if self.balance is not None:
+            raise ValueError(
+                f"`balance`: an online stream trains its samples once, in a fixed order, so it cannot balance "
+                f"them; got {self.balance!r} (use None)."
+            )
         experience = self.train_stream[min(self._next, self.num_experiences - 1)]
         dataset: Dataset = experience.dataset
         callbacks = continual_callbacks(self.trainer)
@@ -206,25 +282,53 @@ class OnlineStreamDataModule(StreamDataModule):
                     f"{len(replaced)}; draw extra data alongside with `joint_datasets` instead."  # type: ignore[arg-type]
                 )
             dataset = replaced
+        dataset = in_group(dataset, "train")
         per_step = self.batch_size * self._world_size()
         if self.experience_size % per_step:
             raise ValueError(
                 f"`experience_size`: {self.experience_size} is not a multiple of batch_size x world_size "
                 f"({self.batch_size} x {self._world_size()}), so steps would straddle mini-experiences."
             )
-        main = self._loader(dataset, self.batch_size, self._ordered_sampler(dataset))
+        main = self._loader(dataset, self.batch_size, self._ordered_sampler(self.training_order(len(dataset))))  # type: ignore[arg-type]
         extras: dict[str, DataLoader] = {}
         seed = self._sampler_seed()
         for callback in callbacks:
             for name, (joint, batch_size) in callback.joint_datasets(self, experience).items():
                 if name == "current" or name in extras:
                     raise ValueError(f"{type(callback).__name__}.joint_datasets: the name {name!r} is already taken.")
+                joint = in_group(joint, "train")
                 sampler = SeededRandomSampler(len(joint), seed, experience.index, length=len(main) * batch_size)  # type: ignore[arg-type]
                 extras[name] = self._loader(joint, batch_size, sampler)
         self._joint_keys = tuple(extras)
         if not extras:
             return main
         return CombinedLoader({"current": main, **extras}, mode="max_size_cycle")
+
+
+class OrderedSampler(DistributedSampler):
+    """The positions ``order``, in that order; under DDP rank ``r`` reads entries ``r, r + W, ...``.
+
+    So step ``k`` of ``W`` processes with batch ``B`` covers entries ``[k*B*W, (k+1)*B*W)``: a run of
+    consecutive positions, as on one process. It is a ``DistributedSampler`` (without shuffling,
+    padded with the first entries like any DDP loader) so that Lightning keeps it instead of
+    swapping in a shuffled one.
+
+    Args:
+        order: the positions to yield (e.g. :meth:`OnlineStreamDataModule.training_order`).
+        num_replicas: number of processes.
+        rank: this process.
+
+    Example:
+        >>> list(OrderedSampler(torch.tensor([2, 0, 1]))), list(OrderedSampler(torch.tensor([2, 0, 1]), 2, 1))
+        ([2, 0, 1], [0, 2])
+    """
+
+    def __init__(self, order: Tensor, num_replicas: int = 1, rank: int = 0) -> None:
+        self.order = torch.as_tensor(order, dtype=torch.long)
+        super().__init__(range(len(self.order)), num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order[list(super().__iter__())].tolist())
 
 
 class OnlineValidationStreamDataModule(OnlineStreamDataModule):
@@ -251,15 +355,15 @@ def _dispatch(trainer: L.Trainer, hook: str, pl_module: L.LightningModule, exper
 class MiniExperienceBoundaries(L.Callback):
     """Calls the callbacks' ``on_mini_experience_start`` / ``on_mini_experience_end`` in an online stream.
 
-    :class:`OnlineStreamDataModule` adds one to the Trainer by itself; with another datamodule it
-    does nothing.
+    :class:`OnlineStreamDataModule` adds one to the Trainer by itself; with another datamodule, or
+    a boundary-free online stream, it does nothing.
     """
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         dm = trainer.datamodule  # type: ignore[attr-defined]
-        if not isinstance(dm, OnlineStreamDataModule):
+        if not isinstance(dm, OnlineStreamDataModule) or not dm.access_task_boundaries:
             return
         index = dm.mini_experience_of(batch_idx)
         if index == dm.current_mini_experience:
@@ -270,7 +374,7 @@ class MiniExperienceBoundaries(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule  # type: ignore[attr-defined]
-        if isinstance(dm, OnlineStreamDataModule):
+        if isinstance(dm, OnlineStreamDataModule) and dm.access_task_boundaries:
             self._end(trainer, pl_module, dm)
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, dm: OnlineStreamDataModule) -> None:
@@ -287,6 +391,8 @@ def online(
     shuffle: bool = False,
     seed: int | None = None,
     batch_size: int | None = None,
+    access_task_boundaries: bool = True,
+    train_passes: int = 1,
 ) -> OnlineStreamDataModule:
     """An online stream: one pass over each experience in mini-experiences (see :class:`OnlineStreamDataModule`).
 
@@ -303,4 +409,12 @@ def online(
         if isinstance(datamodule, ValidationStreamDataModule)
         else OnlineStreamDataModule
     )
-    return kind(datamodule, experience_size, shuffle=shuffle, seed=seed, batch_size=batch_size)
+    return kind(
+        datamodule,
+        experience_size,
+        shuffle=shuffle,
+        seed=seed,
+        batch_size=batch_size,
+        access_task_boundaries=access_task_boundaries,
+        train_passes=train_passes,
+    )

@@ -111,30 +111,44 @@ def with_transforms(
     train_transform: Callable[[Any], Any] | None,
     eval_transform: Callable[[Any], Any] | None,
 ) -> tuple[list[Experience], list[Experience]]:
-    """The two streams with ``train_transform`` / ``eval_transform`` composed after each dataset's own.
+    """The two streams with ``train_transform`` / ``eval_transform`` as their ``"train"`` / ``"eval"`` transform groups.
 
-    A dataset of this package composes the transform after its normalisation (``with_transform``);
-    an in-memory dataset calls it on whole batches.
+    On datasets with transform groups (this package's), every dataset of both streams gets both
+    transforms, after its own (the normalisation): ``train_transform`` in its ``"train"`` group,
+    ``eval_transform`` in its ``"eval"`` group; train experiences stay in ``"train"`` and test
+    experiences are put in ``"eval"``. So ``train_stream[k].dataset.with_group("eval")`` is the
+    train data as the model sees it at evaluation (what a validation split or a method computing
+    statistics on the train data wants), and the stream loaders pick the group themselves. A
+    dataset without groups but with ``with_transform`` gets its stream's transform composed after
+    its own. An in-memory dataset calls the transforms on whole batches.
 
     Raises:
         TypeError: when a transform is given and a dataset cannot take one.
     """
+    if train_transform is None and eval_transform is None:
+        return list(train_stream), list(test_stream)
 
-    def apply(stream: Sequence[Experience], transform: Callable[[Any], Any] | None, name: str) -> list[Experience]:
-        if transform is None:
-            return list(stream)
+    def apply(stream: Sequence[Experience], group: str, name: str) -> list[Experience]:
         out = []
         for experience in stream:
-            compose = getattr(experience.dataset, "with_transform", None)
-            if compose is None:
-                raise TypeError(
-                    f"`{name}`: the dataset of experience {experience.index} "
-                    f"({type(experience.dataset).__name__}) has no `with_transform`."
-                )
-            out.append(dataclasses.replace(experience, dataset=compose(transform)))
+            data: Any = experience.dataset
+            if hasattr(data, "with_group"):
+                data = data.with_transform(train_transform, group="train").with_transform(eval_transform, group="eval")
+                data = data.with_group(group)
+            else:
+                transform = train_transform if group == "train" else eval_transform
+                compose = getattr(data, "with_transform", None)
+                if compose is None and transform is not None:
+                    raise TypeError(
+                        f"`{name}`: the dataset of experience {experience.index} "
+                        f"({type(data).__name__}) has no `with_transform`."
+                    )
+                if transform is not None:
+                    data = compose(transform)  # type: ignore[misc]
+            out.append(dataclasses.replace(experience, dataset=data))
         return out
 
-    return apply(train_stream, train_transform, "train_transform"), apply(test_stream, eval_transform, "eval_transform")
+    return apply(train_stream, "train", "train_transform"), apply(test_stream, "eval", "eval_transform")
 
 
 class FileSplit(ClassSplit):

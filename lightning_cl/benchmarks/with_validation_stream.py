@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
 from lightning_cl.benchmarks._common import apportion, ratio, take
-from lightning_cl.core.data import _mix_seed, targets_of
+from lightning_cl.core.data import _mix_seed, in_group, targets_of
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience, Stream
 
@@ -68,6 +68,8 @@ class ValidationStreamDataModule(StreamDataModule):
     the running ``fit`` trains; after a fit, for ``trainer.validate``, the last trained one), so
     Lightning's in-fit validation, ``EarlyStopping`` and ``ModelCheckpoint(monitor=...)`` follow
     the experience being learnt; ``ContinualModule`` resets their "best so far" per experience.
+    The validation parts are in their ``"eval"`` transform group (no training augmentation), as
+    the test stream is; the loader settings (``balance`` included) are ``datamodule``'s.
     Validation runs only when the user's module defines ``validation_step``.
 
     The split is a pure function of ``(seed, experience index)``, the same on every rank. Under
@@ -116,6 +118,7 @@ class ValidationStreamDataModule(StreamDataModule):
             shuffle_seed=datamodule.shuffle_seed,
             pin_memory=datamodule.pin_memory,
             drop_last=datamodule.drop_last,
+            balance=datamodule.balance,
         )
         self.stream = datamodule
         self.validation_size = _check_size(validation_size)
@@ -142,6 +145,8 @@ class ValidationStreamDataModule(StreamDataModule):
             for part, out in ((keep, train), (held, valid)):
                 classes = tuple(torch.unique(targets[part]).tolist())
                 data = take(experience.dataset, part, experience.task_label)
+                if out is valid:
+                    data = in_group(data, "eval")  # validated as test data is: eval transforms
                 out.append(Experience(experience.index, data, classes, experience.task_label))
         self._valid_stream = Stream(valid, "valid")
         return train, self.stream.test_stream

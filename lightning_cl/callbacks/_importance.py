@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_cl.callbacks._common import cpu_copy
 from lightning_cl.core.callback import TrainingStep
-from lightning_cl.core.data import collate
+from lightning_cl.core.data import collate_fn_of
 
 Statistic = Literal["square", "abs"]
 SampleLosses = Callable[[nn.Module, Any], Tensor]
@@ -588,7 +588,7 @@ def experience_importance(
         dataset,
         batch_size=batch_size,
         sampler=_shard(len(dataset), trainer),  # type: ignore[arg-type]
-        collate_fn=collate,
+        collate_fn=collate_fn_of(dataset),
         num_workers=workers,
     )
     with eval_mode(model):

@@ -24,6 +24,8 @@ hook                            when, and what it is for
                                 unscaled under mixed precision there.
 ``on_experience_end``           after the last epoch of the experience (in ``on_train_end``), model on its
                                 device: consolidate (buffers, importance, snapshots).
+``eval_logits``                 per test batch of the stream evaluation: replace the model's logits (e.g.
+                                iCaRL's nearest-mean-of-exemplars classifier). At most one callback may.
 =============================  ==========================================================================
 """
 
@@ -129,3 +131,7 @@ class ContinualCallback(L.Callback):
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
         """Terms added to the loss, by name (logged as ``train/<name>_loss``)."""
         return {}
+
+    def eval_logits(self, pl_module: ContinualModule, batch: Any, logits: Tensor) -> Tensor | None:
+        """Scores ``[B, C]`` to evaluate ``batch`` with instead of the model's ``logits``, or ``None``."""
+        return None

@@ -12,8 +12,16 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from lightning_cl.core.callback import continual_callbacks
-from lightning_cl.core.data import SeededRandomSampler, collate
+from lightning_cl.core.data import BalancedSampler, SeededRandomSampler, collate_fn_of, group_labels, in_group
 from lightning_cl.core.experience import Experience, Stream
+
+
+def _check_balance(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(
+            f"`balance`: expected None, 'task', 'class' or the name of a dataset attribute, got {value!r}."
+        )
+    return value
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -35,6 +43,21 @@ class StreamDataModule(L.LightningDataModule):
 
     Subclasses that read data from disk override :meth:`build_streams`; it is called once, lazily.
 
+    Loaders. The training loader draws the current experience (after the CL callbacks'
+    ``train_dataset``, e.g. earlier experiences added by a cumulative method) in a random order
+    that is a pure function of ``(shuffle_seed, experience, epoch)``. Datasets given by the
+    callbacks' ``joint_datasets`` (a replay memory, say) become loaders of their own, drawn
+    alongside: the batch is a ``CombinedLoader`` of ``{"current": ..., name: ...}`` in
+    ``max_size_cycle`` mode, the current loader setting the epoch length. With ``balance``, the
+    training loader (not the joint ones) draws equally from every group instead: ``"task"`` (task
+    labels), ``"class"`` (targets) or the name of a per-item attribute of the training dataset
+    (see :class:`~lightning_cl.core.data.InMemoryDataset`); a batch whose size is a multiple of the
+    number of groups holds as many items of each (:class:`~lightning_cl.core.data.BalancedSampler`;
+    under DDP, the samples of one step over all processes), small groups oversampled, with as many
+    batches per epoch as unbalanced. Training data (joint datasets included) is put in its
+    ``"train"`` transform group and test data in its ``"eval"`` group (datasets with transform
+    groups), and each loader collates with its dataset's ``collate_fn`` when it has one.
+
     Args:
         train_stream: the experiences to train on, in order.
         test_stream: the experiences to evaluate on (often the same split of the test set).
@@ -49,6 +72,13 @@ class StreamDataModule(L.LightningDataModule):
             (``"shuffle_seed"``) and, once a training loader is built, in ``hparams``.
         pin_memory: passed to the loaders.
         drop_last: drop the last incomplete training batch.
+        balance: None (plain shuffle), ``"task"``, ``"class"`` or an attribute name: balance the
+            training loader over those groups (see above). It may also be set later
+            (``dm.balance = "class"``); an unknown name is a ValueError when the loader is built.
+
+    Raises:
+        ValueError: a non-positive ``batch_size`` / ``eval_batch_size``, a negative
+            ``num_workers``, only one of the two streams, a ``balance`` that is not a name.
     """
 
     def __init__(
@@ -63,6 +93,7 @@ class StreamDataModule(L.LightningDataModule):
         shuffle_seed: int | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
+        balance: str | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = _positive_int(batch_size, "batch_size")
@@ -74,6 +105,7 @@ class StreamDataModule(L.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self.pin_memory = pin_memory
         self.drop_last = drop_last
+        self.balance = balance
         if (train_stream is None) != (test_stream is None):
             raise ValueError("`train_stream` and `test_stream`: give both or neither (subclasses build them).")
         self._train_stream = None if train_stream is None else _as_stream(train_stream, "train")
@@ -86,6 +118,15 @@ class StreamDataModule(L.LightningDataModule):
         self._target_epoch = -1
         self._target_step = -1
         self._joint_keys: tuple[str, ...] = ()
+
+    @property
+    def balance(self) -> str | None:
+        """What the training loader balances: None, ``"task"``, ``"class"`` or an attribute name."""
+        return self._balance
+
+    @balance.setter
+    def balance(self, value: str | None) -> None:
+        self._balance = _check_balance(value)
 
     # ----------------------------------------------------------------------------------- streams
     def build_streams(self) -> tuple[Sequence[Experience], Sequence[Experience]]:
@@ -182,6 +223,7 @@ class StreamDataModule(L.LightningDataModule):
             "seed": self.seed,
             # the training order's seed actually used (shuffle_seed, else seed_everything's)
             "shuffle_seed": self._sampler_seed(),
+            "balance": self.balance,
             "num_experiences": self.num_experiences,
             "train_classes": [list(e.classes_in_this_experience) for e in self.train_stream],
         }
@@ -219,7 +261,7 @@ class StreamDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=collate_fn_of(dataset),
             pin_memory=self.pin_memory,
             drop_last=drop_last,
             persistent_workers=False,
@@ -231,11 +273,19 @@ class StreamDataModule(L.LightningDataModule):
         callbacks = continual_callbacks(self.trainer)
         for callback in callbacks:
             dataset = callback.train_dataset(self, experience, dataset)
+        dataset = in_group(dataset, "train")
         size = len(dataset)  # type: ignore[arg-type]
         seed = self._sampler_seed()
         # recorded with the hyperparameters, so a checkpoint's datamodule_hyper_parameters hold it
         self.hparams["shuffle_seed"] = seed
-        main = self._loader(dataset, self.batch_size, SeededRandomSampler(size, seed, experience.index), self.drop_last)
+        sampler: SeededRandomSampler | BalancedSampler
+        if self.balance is None:
+            sampler = SeededRandomSampler(size, seed, experience.index)
+        else:
+            world, rank = (1, 0) if self.trainer is None else (self.trainer.world_size, self.trainer.global_rank)
+            groups = group_labels(dataset, self.balance)
+            sampler = BalancedSampler(groups, seed, experience.index, num_replicas=world, rank=rank)
+        main = self._loader(dataset, self.batch_size, sampler, self.drop_last)
         extras: dict[str, DataLoader] = {}
         for callback in callbacks:
             for name, (joint, batch_size) in callback.joint_datasets(self, experience).items():
@@ -243,8 +293,9 @@ class StreamDataModule(L.LightningDataModule):
                     raise ValueError(f"{type(callback).__name__}.joint_datasets: the name {name!r} is already taken.")
                 # as many batches as the current loader, so it sets the epoch length
                 length = len(main) * batch_size
-                sampler = SeededRandomSampler(len(joint), seed, experience.index, length=length)  # type: ignore[arg-type]
-                extras[name] = self._loader(joint, batch_size, sampler)
+                joint = in_group(joint, "train")
+                extra = SeededRandomSampler(len(joint), seed, experience.index, length=length)  # type: ignore[arg-type]
+                extras[name] = self._loader(joint, batch_size, extra)
         self._joint_keys = tuple(extras)
         if not extras:
             return main
@@ -254,13 +305,14 @@ class StreamDataModule(L.LightningDataModule):
         trainer = self.trainer
         loaders = []
         for experience in self.test_stream:
-            sampler: Any = SequentialSampler(experience.dataset)  # type: ignore[arg-type]
+            dataset = in_group(experience.dataset, "eval")
+            sampler: Any = SequentialSampler(dataset)  # type: ignore[arg-type]
             if trainer is not None and trainer.world_size > 1:
                 # the default DistributedSampler pads with duplicates: every sample must count once
                 sampler = UnrepeatedDistributedSampler(
-                    experience.dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+                    dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
                 )
-            loaders.append(self._loader(experience.dataset, self.eval_batch_size, sampler))
+            loaders.append(self._loader(dataset, self.eval_batch_size, sampler))
         return loaders
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import random
 import time
 from collections.abc import Callable, Mapping
 from types import MethodType
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
@@ -446,6 +449,16 @@ class ContinualModule(L.LightningModule):
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         assert self.stream_accuracy is not None  # for mypy: created in setup
         logits = self.predict_logits(batch)
+        replaced_by = None
+        for callback in continual_callbacks(self.trainer):
+            scores = callback.eval_logits(self, batch, logits)
+            if scores is not None:
+                if replaced_by is not None:
+                    raise RuntimeError(
+                        f"Both {replaced_by} and {type(callback).__name__} replace the evaluation logits; "
+                        "at most one CL method may do that."
+                    )
+                replaced_by, logits = type(callback).__name__, scores
         experience = self.datamodule.test_stream[dataloader_idx]
         self._check_outputs(logits.shape[-1], experience, "test")
         self.stream_accuracy.update(logits, batch[1], dataloader_idx)
@@ -528,6 +541,11 @@ class ContinualModule(L.LightningModule):
             "initial": None if self._initial is None else self._initial.clone(),
             "fit_seconds": dict(self._fit_seconds),
             "optimizer_state": self._optimizer_state,
+            # the CL methods of this run (fit_stream refuses to resume with others: Lightning
+            # would silently ignore a missing method's state) and the global random generators
+            # (dropout, random augmentations), which a resumed run continues from here
+            "methods": [c.state_key for c in continual_callbacks(self._trainer)],
+            "rng": _rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -537,9 +555,49 @@ class ContinualModule(L.LightningModule):
             self._initial = state.get("initial")
             self._fit_seconds = {int(i): float(s) for i, s in state.get("fit_seconds", {}).items()}
             self._optimizer_state = state.get("optimizer_state", {})
+            trainer = self._trainer
+            if state.get("rng") is not None and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+                # resuming a fit: continue the random streams where the checkpoint left them
+                _set_rng_state(state["rng"])
         if "on_load_checkpoint" in self._user_hooks:
             self._call_user("on_load_checkpoint", checkpoint)
 
     def teardown(self, stage: str) -> None:
         if "teardown" in self._user_hooks:
             self._call_user("teardown", stage)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global random generators' states (torch, CUDA, NumPy, Python) as tensors and primitives."""
+    _, key, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    """Set the global random generators from :func:`_rng_state` (the generators it lacks are left as they are)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    numpy_state = state.get("numpy")
+    if numpy_state is not None:
+        key = numpy_state["key"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", key, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"]))
+    python_state = state.get("python")
+    if python_state is not None:
+        internal = tuple(int(v) for v in python_state["internal"].tolist())
+        random.setstate((python_state["version"], internal, python_state["gauss_next"]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

@@ -139,8 +139,47 @@ def test_missing_data_names_root_and_layout(root: Path, tmp_path: Path) -> None:
         ({"object_order": "12"}, TypeError, "object_order"),
         ({"train_transform": 1}, TypeError, "train_transform"),
         ({"root": 1}, TypeError, "root"),
+        ({"task_labels": "yes"}, TypeError, "`task_labels`: expected a bool, got str"),
     ],
 )
 def test_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         CORe50(**{"root": "data", **kwargs})
+
+
+def task_contents(experience: Any) -> set[int]:
+    """The task labels of an experience's samples (they must be ``(x, y, t)``)."""
+    samples = [experience.dataset[i] for i in range(len(experience))]
+    assert all(len(sample) == 3 for sample in samples)
+    return {int(sample[2]) for sample in samples}
+
+
+def test_nc_task_labels_label_train_and_test_experiences(root: Path) -> None:
+    dm = make(root, scenario="nc", seed=3, task_labels=True)
+    assert dm.hparams["task_labels"] is True
+    plain = make(root, scenario="nc", seed=3)
+    for k, (train, test) in enumerate(zip(dm.train_stream, dm.test_stream, strict=True)):
+        assert train.task_label == test.task_label == k
+        assert task_contents(train) == task_contents(test) == {k}
+        assert train.classes_in_this_experience == plain.train_stream[k].classes_in_this_experience
+        assert [s[:2] for s in (train.dataset[i] for i in range(len(train)))] == [
+            s for s in (plain.train_stream[k].dataset[i] for i in range(len(train)))
+        ]
+
+
+@pytest.mark.parametrize("scenario", ["ni", "nic"])
+def test_single_test_set_is_repeated_once_per_task(root: Path, scenario: str) -> None:
+    dm = make(root, scenario=scenario, seed=1, task_labels=True)
+    assert len(dm.test_stream) == len(dm.train_stream) == dm.num_experiences
+    whole = contents(make(root, scenario=scenario, seed=1).test_stream[0])
+    for k in (0, dm.num_experiences - 1):
+        assert dm.train_stream[k].task_label == dm.test_stream[k].task_label == k
+        assert task_contents(dm.train_stream[k]) == task_contents(dm.test_stream[k]) == {k}
+        test = dm.test_stream[k]
+        assert [(x[0], x[1], int(y)) for x, y, _ in (test.dataset[i] for i in range(len(test)))] == whole
+
+
+def test_without_task_labels_samples_are_pairs(root: Path) -> None:
+    dm = make(root, scenario="ni")
+    assert len(dm.test_stream) == 1 and len(dm.train_stream[0].dataset[0]) == 2
+    assert {e.task_label for e in dm.train_stream} == {0}

@@ -1,7 +1,8 @@
-"""SplitOmniglot on the real images_background_small1 folder and on small fake folders."""
+"""SplitOmniglot on the real images_background_small1 folder (read, and downloaded from a staged zip) and on fakes."""
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_cl.benchmarks.omniglot import SplitOmniglot
+from lightning_cl.benchmarks.omniglot import OMNIGLOT_MD5, OMNIGLOT_URL, SplitOmniglot, download_omniglot
+from tests.benchmarks.test_fmnist import offline  # noqa: F401  (fixture)
 
 SMALL1 = Path("/work/shared/data/Omniglot/images_background_small1.zip")
 
@@ -94,7 +96,6 @@ def test_seeded_order_is_deterministic(tmp_path: Path) -> None:
         ({"num_experiences": True}, ValueError, "num_experiences"),
         ({"class_order": "0123"}, TypeError, "class_order"),
         ({"folder": "images_test"}, ValueError, "folder"),
-        ({"download": True}, ValueError, "download"),
         ({"train_transform": 3}, TypeError, "train_transform"),
         ({"root": 3}, TypeError, "root"),
     ],
@@ -124,3 +125,74 @@ def test_num_experiences_must_divide_character_count(tmp_path: Path) -> None:
     dm = SplitOmniglot(fake(tmp_path), num_experiences=3)  # 4 characters
     with pytest.raises(ValueError, match="num_experiences"):
         dm.train_stream
+
+
+# ------------------------------------------------------------------------------ download path
+def stage_zip(tmp_path: Path) -> Path:
+    """A root holding the real images_background_small1.zip, as a finished download leaves it."""
+    if not SMALL1.is_file():
+        pytest.skip(f"{SMALL1} is not here")
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copyfile(SMALL1, root / SMALL1.name)
+    return root
+
+
+def test_md5_table_and_url_are_torchvisions() -> None:
+    assert OMNIGLOT_URL == "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
+    assert OMNIGLOT_MD5["images_background"] == "68d2efa1b9178cc56df9314c21c6e718"
+    assert OMNIGLOT_MD5["images_background_small1"] == "e704a628b5459e08445c13499850abc4"
+
+
+def test_prepare_data_checks_and_extracts_a_staged_zip_offline(tmp_path: Path, offline: list[object]) -> None:  # noqa: F811
+    root = stage_zip(tmp_path)
+    dm = SplitOmniglot(root, num_experiences=8, folder="images_background_small1")  # download=True by default
+    dm.prepare_data()
+    assert not offline  # the md5 matched: no connection was attempted
+    assert len(list((root / "images_background_small1").glob("*/*/*.png"))) == 136 * 20
+    assert dm.num_classes == 136 and [len(e) for e in dm.train_stream] == [15 * 17] * 8
+    (root / SMALL1.name).unlink()
+    dm.prepare_data()  # the folder is there: nothing to fetch, the zip is not needed any more
+    assert not offline
+
+
+def test_a_corrupt_zip_fails_its_md5_check(tmp_path: Path, offline: list[object]) -> None:  # noqa: F811
+    root = stage_zip(tmp_path)
+    archive = root / SMALL1.name
+    data = bytearray(archive.read_bytes())
+    data[100] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    with pytest.raises(FileNotFoundError) as error:
+        SplitOmniglot(root, num_experiences=8, folder="images_background_small1").prepare_data()
+    message = str(error.value)
+    assert message.startswith("SplitOmniglot: could not download")
+    assert f"{OMNIGLOT_URL}/images_background_small1.zip" in message and str(root) in message
+    assert "images_background_small1.zip fails its md5 check (expected e704a628b5459e08445c13499850abc4)" in message
+    assert offline  # torchvision tried to fetch a good copy
+    assert not (root / "images_background_small1").exists()
+
+
+def test_offline_with_no_files_names_the_data_set_folder_and_archive(tmp_path: Path, offline: list[object]) -> None:  # noqa: F811
+    with pytest.raises(FileNotFoundError) as error:
+        SplitOmniglot(tmp_path, num_experiences=2, folder="images_evaluation").prepare_data()
+    message = str(error.value)
+    assert message.startswith("SplitOmniglot:") and str(tmp_path) in message
+    assert "images_evaluation.zip is missing" in message and "md5 6b91aef0f799c5bb55b94e3f2daec811" in message
+
+
+def test_download_false_fetches_nothing(tmp_path: Path, offline: list[object]) -> None:  # noqa: F811
+    SplitOmniglot(tmp_path, num_experiences=2, download=False).prepare_data()
+    assert not offline and not list(tmp_path.iterdir())
+
+
+def test_torchvisions_layout_is_read_and_not_downloaded_again(tmp_path: Path, offline: list[object]) -> None:  # noqa: F811
+    fake(tmp_path / "omniglot-py")  # where torchvision's Omniglot(root, download=True) extracts
+    dm = SplitOmniglot(tmp_path, num_experiences=2)
+    dm.prepare_data()
+    assert not offline
+    assert [len(e) for e in dm.train_stream] == [30, 30]
+
+
+def test_download_omniglot_rejects_an_unknown_folder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="`folder`: expected one of"):
+        download_omniglot(tmp_path, "images_test")

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from lightning_cl import ContinualCallback, ContinualModule, fit_stream
 from lightning_cl.benchmarks.class_incremental import class_incremental
-from lightning_cl.benchmarks.online import MiniExperienceBoundaries, OnlineStreamDataModule, online
+from lightning_cl.benchmarks.online import MiniExperienceBoundaries, OnlineStreamDataModule, OrderedSampler, online
 from lightning_cl.core.callback import JointData
 from lightning_cl.core.data import InMemoryDataset, collate
 from lightning_cl.core.experience import Experience
@@ -218,7 +218,14 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Any) -> None:
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "exp0.ckpt")
     saved = torch.load(tmp_path / "exp0.ckpt", weights_only=True)["OnlineStreamDataModule"]
-    assert saved["online"] == {"experience_size": 8, "batch_size": 8, "shuffle": True, "seed": 2}
+    assert saved["online"] == {
+        "experience_size": 8,
+        "batch_size": 8,
+        "shuffle": True,
+        "seed": 2,
+        "train_passes": 1,
+        "access_task_boundaries": True,
+    }
 
     again = online(stream(), 8, shuffle=True, seed=2)
     again.load_state_dict(dm.state_dict())
@@ -236,3 +243,108 @@ def test_checkpoint_round_trip_and_resume(tmp_path: Any) -> None:
     )
     assert resumed.completed_experiences == 2
     assert trainer.global_step == math.ceil(SIZES[0] / 8) + math.ceil(SIZES[1] / 8)
+
+
+# ------------------------------------------------------------------------------ train_passes
+@pytest.mark.parametrize(("experience_size", "batch_size", "passes"), [(8, 8, 3), (8, 4, 2), (5, 1, 2)])
+def test_train_passes_repeat_each_mini_experience_in_one_fit(
+    experience_size: int, batch_size: int, passes: int
+) -> None:
+    dm = online(stream(), experience_size, batch_size=batch_size, train_passes=passes)
+    user, recorder = Recorder(), Boundaries()
+    trainer = quiet(callbacks=[recorder])
+    model = ContinualModule(user)
+    fits = 0
+    for _ in range(2):
+        trainer.fit(model, datamodule=dm)
+        fits += 1
+    assert fits == dm.num_experiences == 2 and trainer.current_epoch == 2  # one epoch per experience
+    expected_rows, expected_minis = [], []
+    start = 0
+    for k, n in enumerate(SIZES):
+        for m in range(math.ceil(n / experience_size)):
+            rows_m = list(range(start + m * experience_size, start + min((m + 1) * experience_size, n)))
+            expected_rows += rows_m * passes
+            expected_minis += [(k, m)] * (len(rows_m) * passes)
+        start += n
+    seen = [row for _, _, batch in user.batches for row in batch]
+    assert seen == expected_rows
+    minis = [(k, m) for k, m, batch in user.batches for _ in batch]
+    assert minis == expected_minis  # the reported mini-experience follows the passes
+    assert trainer.global_step == sum(
+        math.ceil(min(experience_size, n - s) * passes / batch_size)
+        for n in SIZES
+        for s in range(0, n, experience_size)
+    )
+    # the boundaries are still one start and one end per mini-experience
+    assert [e[:3] for e in recorder.events if e[0] == "start"] == [
+        ("start", k, m) for k, n in enumerate(SIZES) for m in range(math.ceil(n / experience_size))
+    ]
+
+
+def test_training_order_repeats_each_mini_experience() -> None:
+    dm = online(stream(), 4, train_passes=3)
+    assert dm.training_order(6).tolist() == [0, 1, 2, 3] * 3 + [4, 5] * 3
+    assert online(stream(), 4).training_order(6).tolist() == list(range(6))
+
+
+@pytest.mark.parametrize(("world", "expected"), [(1, [[3, 1, 4, 1, 5]]), (2, [[3, 4, 5], [1, 1, 3]])])
+def test_ordered_sampler_shards_runs_of_consecutive_entries(world: int, expected: list[list[int]]) -> None:
+    order = torch.tensor([3, 1, 4, 1, 5])
+    assert [list(OrderedSampler(order, world, rank)) for rank in range(world)] == expected
+
+
+# ------------------------------------------------------------------------ boundary-free streams
+def test_boundary_free_stream_hides_mini_experiences() -> None:
+    dm = online(stream(), 8, batch_size=4, access_task_boundaries=False, train_passes=2)
+    recorder = Boundaries()
+    seen: list[bool] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            seen.append(hasattr(trainer.datamodule, "current_mini_experience"))
+
+    user = TinyClassifier(in_features=8, num_classes=4)
+    trainer = quiet(callbacks=[recorder, Probe()])
+    model = ContinualModule(user)
+    for _ in range(2):
+        trainer.fit(model, datamodule=dm)
+    assert recorder.events == []  # no mini-experience hook
+    assert not any(isinstance(c, MiniExperienceBoundaries) for c in trainer.callbacks)
+    assert seen and not any(seen)
+    assert getattr(dm, "current_mini_experience", None) is None
+    with pytest.raises(AttributeError, match="access_task_boundaries=False"):
+        _ = dm.current_mini_experience
+    # still one fit, one epoch, per original experience, with every pass
+    assert dm.completed_experiences == 2 and trainer.current_epoch == 2
+    assert trainer.global_step == sum(2 * n // 4 for n in SIZES)
+    assert dm.state_dict()["online"]["access_task_boundaries"] is False
+
+
+def test_an_older_checkpoint_without_the_new_settings_loads() -> None:
+    dm = online(stream(), 8)
+    state = dm.state_dict()
+    state["online"] = {k: v for k, v in state["online"].items() if k not in ("train_passes", "access_task_boundaries")}
+    dm.load_state_dict(state)
+    with pytest.raises(ValueError, match="another online stream"):
+        online(stream(), 8, train_passes=2).load_state_dict(state)
+
+
+def test_an_online_stream_cannot_balance() -> None:
+    dm = online(stream(), 8)
+    dm.balance = "class"
+    with pytest.raises(ValueError, match="`balance`: an online stream trains its samples once"):
+        quiet().fit(ContinualModule(TinyClassifier(in_features=8, num_classes=4)), datamodule=dm)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"train_passes": 0}, ValueError, "`train_passes`: expected a positive integer, got 0"),
+        ({"train_passes": 1.5}, ValueError, "`train_passes`: expected a positive integer, got 1.5"),
+        ({"access_task_boundaries": "no"}, TypeError, "`access_task_boundaries`: expected a bool, got str"),
+    ],
+)
+def test_bad_online_settings(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        online(stream(), 8, **kwargs)
