@@ -97,6 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     bs, repeats = args.batch_size, args.repeats
     torch.manual_seed(0)
+    # one thread, as in a loader worker: two threads on two shared cores measure contention
+    torch.set_num_threads(1)
 
     mnist_root = stage_mnist(args.root)
     mnist_norm = transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))

@@ -45,8 +45,8 @@ class OnlineStreamDataModule(StreamDataModule):
     mini-experiences; only in a last, shorter mini-experience (when ``experience_size`` does not
     divide the experience) may one batch hold the end of a pass and the start of the next.
 
-    With ``access_task_boundaries=True`` (the default) mini-experience boundaries are known to
-    CL methods:
+    Mini-experiences are what a CL method sees as its experiences, as in Avalanche's online
+    protocol (there every mini-experience is an experience):
 
     * ``current_mini_experience`` is the index, within the current experience, of the
       mini-experience being trained (None outside training); :meth:`mini_experiences` gives them
@@ -57,24 +57,20 @@ class OnlineStreamDataModule(StreamDataModule):
       mini-experience (after the other callbacks' ``on_train_batch_start``), and the last one
       ends in ``on_train_end``, before the experience's ``on_experience_end``. A
       :class:`MiniExperienceBoundaries` callback does the calling; the datamodule adds it to the
-      Trainer in ``setup("fit")`` when it is not there.
+      Trainer in ``setup("fit")`` when it is not there. The replay methods update their memory
+      there (:class:`~lightning_cl.callbacks.Replay`, ``DER``, ``ERACE``, ``MIR``).
 
-    With ``access_task_boundaries=False`` the stream is boundary-free, as Avalanche's
-    ``split_online_stream(..., access_task_boundaries=False)``: methods are not told where
-    mini-experiences begin or end. No ``on_mini_experience_*`` hook is called and the stream has
-    no ``current_mini_experience`` (reading it raises ``AttributeError``, so ``hasattr`` is False
-    and ``getattr(dm, "current_mini_experience", None)`` is None); a method sees a plain sequence
-    of batches. :meth:`mini_experiences` still describes the cut, for analysis and logging only.
-    What cannot be hidden: training is still ONE ``fit`` per original experience (each fit is
-    followed by the usual evaluation), so Lightning's own fit hooks and ContinualModule's
-    ``on_experience_start`` / ``on_experience_end`` (model adaptation included) still mark the
-    original experiences. Methods meant for the boundary-free setting check
-    ``datamodule.access_task_boundaries`` and do not consolidate at those hooks. (Avalanche instead
-    calls its experience hooks at every mini-experience and masks which of them open a new
-    original experience; here there are no per-mini-experience hooks to mask.)
+    ``access_task_boundaries`` says whether methods also learn where the ORIGINAL experiences
+    begin and end (Avalanche's ``split_online_stream(..., access_task_boundaries=...)``). With
+    ``True`` (the default) the CL callbacks' ``on_experience_start`` / ``on_experience_end`` run
+    once per original experience. With ``False`` the stream is boundary-free for the methods:
+    those two hooks are not called on CL callbacks (ContinualModule checks
+    ``datamodule.access_task_boundaries``), so a method sees only the sequence of
+    mini-experiences. What cannot be hidden: training is still ONE ``fit`` per original
+    experience (each followed by the usual evaluation), so Lightning's own fit hooks still mark
+    them, and model adaptation (:class:`~lightning_cl.core.dynamic.DynamicModule`) still happens
+    when a fit starts, since new parameters must exist before the optimizer does.
 
-    The original experience boundaries are those of ``fit``: ``on_experience_start`` /
-    ``on_experience_end`` still run once per experience, model adaptation included.
     CL methods may add ``joint_datasets`` (replay drawn alongside each batch), but a
     ``train_dataset`` that changes the number of samples is an error (positions would no longer
     be mini-experiences). The test stream is ``datamodule``'s; a validation stream
@@ -87,7 +83,8 @@ class OnlineStreamDataModule(StreamDataModule):
         shuffle: permute each experience once (seeded) before cutting it.
         seed: seed of that permutation (defaults to ``datamodule.seed``).
         batch_size: training batch size, a divisor of ``experience_size`` (defaults to it).
-        access_task_boundaries: tell CL methods where mini-experiences begin (see above).
+        access_task_boundaries: tell CL methods where the original experiences begin and end
+            (see above); mini-experience boundaries are always known.
         train_passes: passes over each mini-experience before the next, at least 1.
 
     Raises:
@@ -140,16 +137,7 @@ class OnlineStreamDataModule(StreamDataModule):
 
     @property
     def current_mini_experience(self) -> int | None:
-        """The mini-experience being trained, within the current experience (None outside training).
-
-        Raises:
-            AttributeError: in a boundary-free stream (``access_task_boundaries=False``).
-        """
-        if not self.access_task_boundaries:
-            raise AttributeError(
-                f"{type(self).__name__} was built with access_task_boundaries=False: the stream does not "
-                "expose its mini-experience boundaries (current_mini_experience)."
-            )
+        """The mini-experience being trained, within the current experience (None outside training)."""
         return self._current_mini
 
     @current_mini_experience.setter
@@ -161,7 +149,7 @@ class OnlineStreamDataModule(StreamDataModule):
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer
-        if stage == "fit" and trainer is not None and self.access_task_boundaries:
+        if stage == "fit" and trainer is not None:
             callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
             if not any(isinstance(c, MiniExperienceBoundaries) for c in callbacks):
                 callbacks.append(MiniExperienceBoundaries())
@@ -355,15 +343,15 @@ def _dispatch(trainer: L.Trainer, hook: str, pl_module: L.LightningModule, exper
 class MiniExperienceBoundaries(L.Callback):
     """Calls the callbacks' ``on_mini_experience_start`` / ``on_mini_experience_end`` in an online stream.
 
-    :class:`OnlineStreamDataModule` adds one to the Trainer by itself; with another datamodule, or
-    a boundary-free online stream, it does nothing.
+    :class:`OnlineStreamDataModule` adds one to the Trainer by itself; with another datamodule it
+    does nothing.
     """
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         dm = trainer.datamodule  # type: ignore[attr-defined]
-        if not isinstance(dm, OnlineStreamDataModule) or not dm.access_task_boundaries:
+        if not isinstance(dm, OnlineStreamDataModule):
             return
         index = dm.mini_experience_of(batch_idx)
         if index == dm.current_mini_experience:
@@ -374,7 +362,7 @@ class MiniExperienceBoundaries(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule  # type: ignore[attr-defined]
-        if isinstance(dm, OnlineStreamDataModule) and dm.access_task_boundaries:
+        if isinstance(dm, OnlineStreamDataModule):
             self._end(trainer, pl_module, dm)
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, dm: OnlineStreamDataModule) -> None:

@@ -175,7 +175,7 @@ class Buffer:
         self._cache = (*key, data)
         return data
 
-    def live_dataset(self, stream: Stream) -> Dataset:
+    def live_dataset(self, stream: Stream, with_slots: bool = False) -> Dataset:
         """A view of ``memory_size`` items that reads the buffer as it is when a batch is fetched.
 
         For methods whose buffer changes during an experience (updated at every
@@ -183,8 +183,9 @@ class Buffer:
         ``i * len(buffer) // memory_size``, so a uniform draw over the view is a near-uniform
         draw over the buffer, and an empty buffer gives empty batches. Loader workers hold a
         copy made when the epoch starts: use ``num_workers=0`` to see updates within an epoch.
+        ``with_slots`` appends each sample's slot number, as in :meth:`dataset`.
         """
-        return _LiveView(self, stream)
+        return _LiveView(self, stream, with_slots)
 
     def fingerprint(self) -> int:
         """A checksum of the slots (equal buffers have equal fingerprints, e.g. across ranks)."""
@@ -234,9 +235,10 @@ class _WithSlots(Dataset):
 class _LiveView(Dataset):
     """The buffer as it is when each batch is read (see :meth:`Buffer.live_dataset`)."""
 
-    def __init__(self, buffer: Buffer, stream: Stream) -> None:
+    def __init__(self, buffer: Buffer, stream: Stream, with_slots: bool) -> None:
         self.buffer = buffer
         self.stream = stream
+        self.with_slots = with_slots
 
     def __len__(self) -> int:
         return self.buffer.memory_size
@@ -247,8 +249,9 @@ class _LiveView(Dataset):
             # an empty batch of the stream's shapes: the method sees "no memory yet"
             first = self.stream[0]
             sample = collate([take(first.dataset, torch.tensor([0]), first.task_label)[0]])
-            return [t[:0] for t in sample]
-        data = self.buffer.dataset(self.stream)
+            empty = [t[:0] for t in sample]
+            return [*empty, torch.zeros(0, dtype=torch.long)] if self.with_slots else empty
+        data = self.buffer.dataset(self.stream, self.with_slots)
         picked = (torch.as_tensor(indices, dtype=torch.long) * n // self.buffer.memory_size).tolist()
         getitems = getattr(data, "__getitems__", None)
         return collate(getitems(picked)) if getitems else collate([data[i] for i in picked])

@@ -45,6 +45,29 @@ def make_buffer(
     raise ValueError(f"{owner}: `storage`: expected one of {list(STORAGES)} or a Buffer, got {storage!r}.")
 
 
+def is_online(datamodule: object) -> bool:
+    """Whether ``datamodule`` is an online stream, whose memories are updated per mini-experience."""
+    from lightning_cl.benchmarks.online import OnlineStreamDataModule  # the benchmarks import the core first
+
+    return isinstance(datamodule, OnlineStreamDataModule)
+
+
+def mini_candidates(datamodule: Any, mini: Experience) -> Candidates:
+    """The samples of a mini-experience of an online stream, as positions in its experience."""
+    # a mini-experience is a run of consecutive positions of the current experience
+    start = mini.index * datamodule.experience_size
+    experience = datamodule.train_stream[datamodule.current_experience]
+    return Candidates.of_experience(experience, torch.arange(start, start + len(mini)))
+
+
+def memory_view(buffer: Buffer, datamodule: Any, with_slots: bool = False) -> Dataset | None:
+    """What a joint loader draws the memory from: the buffer as it is at each step in an online
+    stream (it changes every mini-experience), else its samples as they are now (None if empty)."""
+    if is_online(datamodule):
+        return buffer.live_dataset(datamodule.train_stream, with_slots)
+    return buffer.dataset(datamodule.train_stream, with_slots) if len(buffer) else None
+
+
 def cat_batches(first: Sequence[Tensor], second: Sequence[Tensor]) -> list[Tensor]:
     """Two ``(x, y[, t])`` batches as one (the memory batch after the current one)."""
     if len(first) != len(second):

@@ -8,10 +8,11 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from lightning_cl.buffers.base import Buffer, Candidates
 from lightning_cl.callbacks._common import check_number
-from lightning_cl.callbacks._replay import logits_of, make_buffer, map_dataset
+from lightning_cl.callbacks._replay import is_online, logits_of, make_buffer, map_dataset, memory_view, mini_candidates
 from lightning_cl.core.callback import ContinualCallback, JointData, TrainingStep
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience
@@ -51,6 +52,7 @@ class DER(ContinualCallback):
     As in Avalanche's ``DER``, an experience's samples and their logits (from the model at the
     end of the experience) are offered to a class-balanced memory when the experience ends. The
     memory keeps slot indices plus the logits (``buffer.extras["logits"]``), never the images.
+    In an online stream each mini-experience's samples and logits are stored when it ends.
     When the model grows outputs later, the missing entries of older logits are not matched,
     nor are the logits of units an :class:`~lightning_cl.models.IncrementalClassifier` still
     masked when they were stored.
@@ -114,14 +116,14 @@ class DER(ContinualCallback):
             raise TypeError(f"DER stores and matches the model's logits: {error}") from error
 
     def joint_datasets(self, datamodule: StreamDataModule, experience: Experience) -> dict[str, JointData]:
-        if not len(self.buffer):
+        memory = memory_view(self.buffer, datamodule, with_slots=True)
+        if memory is None:
             return {}
-        size = self.memory_batch_size or datamodule.batch_size
-        return {self._key: JointData(self.buffer.dataset(datamodule.train_stream, with_slots=True), size)}
+        return {self._key: JointData(memory, self.memory_batch_size or datamodule.batch_size)}
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
         memory = step.extra.get(self._key)
-        if memory is None:
+        if memory is None or not len(memory[0]):
             return {}
         batch, slots = memory[:-1], memory[-1]
         logits = step.module.predict_logits(batch)
@@ -131,7 +133,14 @@ class DER(ContinualCallback):
         return terms
 
     def on_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
-        logits = map_dataset(pl_module.module, experience.dataset, logits_of)
+        if not is_online(pl_module.datamodule):
+            self._store(pl_module, Candidates.of_experience(experience), experience.dataset)
+
+    def on_mini_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, mini: Experience) -> None:
+        self._store(pl_module, mini_candidates(pl_module.datamodule, mini), mini.dataset)
+
+    def _store(self, pl_module: ContinualModule, candidates: Candidates, dataset: Dataset) -> None:
+        logits = map_dataset(pl_module.module, dataset, logits_of)
         for value in _mask_values(pl_module.module):
             # a masked unit (never trained) has no logit worth keeping: once trained it would be
             # pulled back to the mask value
@@ -142,7 +151,7 @@ class DER(ContinualCallback):
             width = max(stored.shape[1], logits.shape[1])
             self.buffer.extras["logits"] = F.pad(stored, (0, width - stored.shape[1]), value=float("nan"))
             logits = F.pad(logits, (0, width - logits.shape[1]), value=float("nan"))
-        self.buffer.update(Candidates.of_experience(experience), extras={"logits": logits})
+        self.buffer.update(candidates, extras={"logits": logits})
 
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict()}

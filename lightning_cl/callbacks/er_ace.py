@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from lightning_cl.buffers.base import Buffer, Candidates
-from lightning_cl.callbacks._replay import make_buffer
+from lightning_cl.callbacks._replay import is_online, make_buffer, memory_view, mini_candidates
 from lightning_cl.core.callback import ContinualCallback, JointData, TrainingStep
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience
@@ -77,17 +77,21 @@ class ERACE(ContinualCallback):
         return f"er_ace_{id(self)}"
 
     def on_experience_start(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
-        self.buffer.update(Candidates.of_experience(experience))
+        if not is_online(pl_module.datamodule):
+            self.buffer.update(Candidates.of_experience(experience))
+
+    def on_mini_experience_start(self, trainer: L.Trainer, pl_module: ContinualModule, mini: Experience) -> None:
+        self.buffer.update(mini_candidates(pl_module.datamodule, mini))
 
     def joint_datasets(self, datamodule: StreamDataModule, experience: Experience) -> dict[str, JointData]:
-        if not len(self.buffer):
+        memory = memory_view(self.buffer, datamodule)
+        if memory is None:
             return {}
-        size = self.memory_batch_size or datamodule.batch_size
-        return {self._key: JointData(self.buffer.dataset(datamodule.train_stream), size)}
+        return {self._key: JointData(memory, self.memory_batch_size or datamodule.batch_size)}
 
     def task_loss(self, step: TrainingStep) -> Tensor | None:
         memory = step.extra.get(self._key)
-        if memory is None:
+        if memory is None or not len(memory[0]):
             return None
         current = asymmetric_cross_entropy(step.logits, step.batch[1])
         replayed = F.cross_entropy(step.module.predict_logits(memory).float(), memory[1])

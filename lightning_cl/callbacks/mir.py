@@ -11,7 +11,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from lightning_cl.buffers.base import Buffer, Candidates
-from lightning_cl.callbacks._replay import make_buffer
+from lightning_cl.callbacks._replay import is_online, make_buffer, memory_view, mini_candidates
 from lightning_cl.core.callback import ContinualCallback, JointData, TrainingStep
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.dynamic import forward_takes_task_labels
@@ -43,8 +43,8 @@ class MIR(ContinualCallback):
     (the optimizer's current learning rate); the ``memory_batch_size`` samples whose loss
     increases most under that step are replayed, their cross-entropy added to the loss.
 
-    The memory is offered each experience's samples when it ends; in an online stream with known
-    boundaries (:func:`~lightning_cl.benchmarks.online`), each mini-experience's samples when it
+    The memory is offered each experience's samples when it ends; in an online
+    stream (:func:`~lightning_cl.benchmarks.online`), each mini-experience's samples when it
     ends instead, as Avalanche's ``MIRPlugin`` there. The subsample is then read from the memory
     as it is at each step (``num_workers=0`` sees every update; loader workers see the memory as
     at the start of the epoch).
@@ -76,7 +76,6 @@ class MIR(ContinualCallback):
         self.memory_size = self.buffer.memory_size
         self.subsample = subsample
         self.memory_batch_size = memory_batch_size
-        self._updated_in_experience = False
 
     @property
     def state_key(self) -> str:
@@ -87,7 +86,8 @@ class MIR(ContinualCallback):
         return f"mir_{id(self)}"
 
     def joint_datasets(self, datamodule: StreamDataModule, experience: Experience) -> dict[str, JointData]:
-        return {self._key: JointData(self.buffer.live_dataset(datamodule.train_stream), self.subsample)}
+        memory = memory_view(self.buffer, datamodule)
+        return {} if memory is None else {self._key: JointData(memory, self.subsample)}
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
         memory = step.extra.get(self._key)
@@ -106,24 +106,15 @@ class MIR(ContinualCallback):
         return {"mir": F.cross_entropy(step.module.predict_logits(replay).float(), replay[1])}
 
     # ------------------------------------------------------------------------------ memory
-    def on_experience_start(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
-        self._updated_in_experience = False
-
-    def on_mini_experience_end(self, trainer: L.Trainer, pl_module: L.LightningModule, mini: Experience) -> None:
-        dm = trainer.datamodule  # type: ignore[attr-defined]
-        # a mini-experience is a run of consecutive positions of the current experience
-        start = mini.index * dm.experience_size
-        experience = dm.train_stream[dm.current_experience]
-        self.buffer.update(Candidates.of_experience(experience, torch.arange(start, start + len(mini))))
-        self._updated_in_experience = True
+    def on_mini_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, mini: Experience) -> None:
+        self.buffer.update(mini_candidates(pl_module.datamodule, mini))
 
     def on_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
-        if not self._updated_in_experience:
+        if not is_online(pl_module.datamodule):
             self.buffer.update(Candidates.of_experience(experience))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict(), "updated_in_experience": self._updated_in_experience}
+        return {"buffer": self.buffer.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state_dict.get("buffer", {}))
-        self._updated_in_experience = bool(state_dict.get("updated_in_experience", False))

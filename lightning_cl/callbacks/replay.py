@@ -14,7 +14,10 @@ from lightning_cl.callbacks._replay import (
     FeatureExtractor,
     candidate_features,
     cat_batches,
+    is_online,
     make_buffer,
+    memory_view,
+    mini_candidates,
     penultimate_features,
 )
 from lightning_cl.core.callback import ContinualCallback, JointData
@@ -41,7 +44,10 @@ class Replay(ContinualCallback):
     * ``"joint"`` (default, as Avalanche's ``ReplayPlugin``): every batch is the current batch
       followed by ``memory_batch_size`` memory samples drawn alongside it.
 
-    Either way the user's ``training_step`` receives an ordinary ``(x, y[, t])`` batch.
+    Either way the user's ``training_step`` receives an ordinary ``(x, y[, t])`` batch. In an
+    online stream (:func:`~lightning_cl.benchmarks.online`) the memory is offered each
+    mini-experience's samples when it ends, and joint batches read it as it is at each step
+    (concat mode cannot change an online pass).
 
     Args:
         memory_size: the most samples kept (a hard bound).
@@ -94,10 +100,10 @@ class Replay(ContinualCallback):
         return ConcatDataset([dataset, self.buffer.dataset(datamodule.train_stream)])
 
     def joint_datasets(self, datamodule: StreamDataModule, experience: Experience) -> dict[str, JointData]:
-        if self.batch_mode != "joint" or not len(self.buffer):
+        memory = memory_view(self.buffer, datamodule) if self.batch_mode == "joint" else None
+        if memory is None:
             return {}
-        size = self.memory_batch_size or datamodule.batch_size
-        return {self._key: JointData(self.buffer.dataset(datamodule.train_stream), size)}
+        return {self._key: JointData(memory, self.memory_batch_size or datamodule.batch_size)}
 
     @property
     def _key(self) -> str:
@@ -105,13 +111,19 @@ class Replay(ContinualCallback):
 
     def prepare_batch(self, pl_module: ContinualModule, batch: Any, extra: Mapping[str, Any]) -> Any:
         memory = extra.get(self._key)
-        return batch if memory is None else cat_batches(batch, memory)
+        return batch if memory is None or not len(memory[0]) else cat_batches(batch, memory)
 
     # ------------------------------------------------------------------------------ memory
     def on_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
+        if not is_online(pl_module.datamodule):
+            self._update(pl_module, Candidates.of_experience(experience))
+
+    def on_mini_experience_end(self, trainer: L.Trainer, pl_module: ContinualModule, mini: Experience) -> None:
+        self._update(pl_module, mini_candidates(pl_module.datamodule, mini))
+
+    def _update(self, pl_module: ContinualModule, candidates: Candidates) -> None:
         stream = pl_module.datamodule.train_stream
-        features = candidate_features(pl_module.module, stream, self.feature_extractor)
-        self.buffer.update(Candidates.of_experience(experience), features=features)
+        self.buffer.update(candidates, features=candidate_features(pl_module.module, stream, self.feature_extractor))
 
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -2,13 +2,18 @@
 
 from lightning_cl.core.callback import ContinualCallback, JointData, TrainingStep
 from lightning_cl.core.data import (
+    BalancedSampler,
     ConcatDataset,
     InMemoryDataset,
     SeededRandomSampler,
     StackedBatch,
     SubsetDataset,
     collate,
+    collate_fn_of,
+    group_labels,
+    in_group,
     targets_of,
+    task_labels_of,
 )
 from lightning_cl.core.datamodule import StreamDataModule
 from lightning_cl.core.experience import Experience, Stream
@@ -17,6 +22,7 @@ from lightning_cl.core.result import StreamResult
 from lightning_cl.core.runner import fit_stream
 
 __all__ = [
+    "BalancedSampler",
     "ConcatDataset",
     "ContinualCallback",
     "ContinualModule",
@@ -31,6 +37,10 @@ __all__ = [
     "SubsetDataset",
     "TrainingStep",
     "collate",
+    "collate_fn_of",
     "fit_stream",
+    "group_labels",
+    "in_group",
     "targets_of",
+    "task_labels_of",
 ]

@@ -295,30 +295,34 @@ def test_ordered_sampler_shards_runs_of_consecutive_entries(world: int, expected
 
 
 # ------------------------------------------------------------------------ boundary-free streams
-def test_boundary_free_stream_hides_mini_experiences() -> None:
-    dm = online(stream(), 8, batch_size=4, access_task_boundaries=False, train_passes=2)
-    recorder = Boundaries()
-    seen: list[bool] = []
+class ExperienceHooks(ContinualCallback):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
 
-    class Probe(L.Callback):
-        def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            seen.append(hasattr(trainer.datamodule, "current_mini_experience"))
+    def on_experience_start(self, trainer: L.Trainer, pl_module: Any, experience: Any) -> None:
+        self.events.append(("start", experience.index))
 
+    def on_experience_end(self, trainer: L.Trainer, pl_module: Any, experience: Any) -> None:
+        self.events.append(("end", experience.index))
+
+
+@pytest.mark.parametrize("access", [True, False])
+def test_boundary_free_stream_hides_the_original_experiences(access: bool) -> None:
+    dm = online(stream(), 8, batch_size=4, access_task_boundaries=access, train_passes=2)
+    recorder, hooks = Boundaries(), ExperienceHooks()
     user = TinyClassifier(in_features=8, num_classes=4)
-    trainer = quiet(callbacks=[recorder, Probe()])
+    trainer = quiet(callbacks=[recorder, hooks])
     model = ContinualModule(user)
     for _ in range(2):
         trainer.fit(model, datamodule=dm)
-    assert recorder.events == []  # no mini-experience hook
-    assert not any(isinstance(c, MiniExperienceBoundaries) for c in trainer.callbacks)
-    assert seen and not any(seen)
-    assert getattr(dm, "current_mini_experience", None) is None
-    with pytest.raises(AttributeError, match="access_task_boundaries=False"):
-        _ = dm.current_mini_experience
+    # mini-experiences are always seen; the original boundaries only with access_task_boundaries
+    starts = [e for e in recorder.events if e[0] == "start"]
+    assert len(starts) == sum(-(-n // 8) for n in SIZES)
+    assert hooks.events == ([("start", 0), ("end", 0), ("start", 1), ("end", 1)] if access else [])
     # still one fit, one epoch, per original experience, with every pass
     assert dm.completed_experiences == 2 and trainer.current_epoch == 2
     assert trainer.global_step == sum(2 * n // 4 for n in SIZES)
-    assert dm.state_dict()["online"]["access_task_boundaries"] is False
+    assert dm.state_dict()["online"]["access_task_boundaries"] is access
 
 
 def test_an_older_checkpoint_without_the_new_settings_loads() -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from torch.nn import functional as F
 
 from lightning_cl import ContinualModule, fit_stream
 from lightning_cl.buffers import ClassBalancedBuffer, ReservoirBuffer
-from lightning_cl.callbacks import EWC, Replay
+from lightning_cl.benchmarks import online
+from lightning_cl.callbacks import DER, ERACE, EWC, Replay
 from lightning_cl.models import MLP, Classifier
 from tests.callbacks.replay_helpers import checkpoint_state, digits, digits_run, naive_accuracy
 from tests.conftest import quiet_trainer
@@ -131,3 +133,35 @@ def test_two_replays_keep_separate_state() -> None:
     model = ContinualModule(Classifier(MLP(64, 10, hidden_sizes=(16,)), lr=0.1))
     fit_stream(quiet_trainer(callbacks=[a, b], limit_train_batches=2), model, digits())
     assert (len(a.buffer), len(b.buffer)) == (10, 20)
+
+
+class MemoryProbe(L.Callback):
+    """Records the buffer size when each mini-experience starts and the batch sizes trained."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+        self.sizes: list[int] = []
+
+    def on_mini_experience_start(self, trainer: L.Trainer, pl_module: Any, mini: Any) -> None:
+        self.sizes.append(len(self.method.buffer))
+
+
+@pytest.mark.parametrize("access", [True, False])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Replay(memory_size=30, memory_batch_size=5), lambda: DER(memory_size=30), lambda: ERACE(memory_size=30)],
+    ids=["replay", "der", "erace"],
+)
+def test_online_streams_update_the_memory_every_mini_experience(make: Any, access: bool) -> None:
+    method = make()
+    probe = MemoryProbe(method)
+    dm = online(digits(), experience_size=20, batch_size=10, access_task_boundaries=access)
+    model = ContinualModule(Classifier(MLP(64, 10, hidden_sizes=(16,)), lr=0.1))
+    trainer = quiet_trainer(callbacks=[method, probe])
+    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm)
+    # ER-ACE offers a mini-experience when it starts, the others when it ends
+    expected = [20, 30, 30] if isinstance(method, ERACE) else [0, 20, 30]
+    assert probe.sizes[:3] == expected
+    assert len(method.buffer) == 30
+    assert set(method.buffer.slots.experience.tolist()) <= {0, 1}
