@@ -18,6 +18,7 @@ from lightning_cl.benchmarks.omniglot import SplitOmniglot
 from lightning_cl.benchmarks.online import MiniExperienceBoundaries, OnlineStreamDataModule, online
 from lightning_cl.benchmarks.rotated_mnist import RotatedMNIST
 from lightning_cl.benchmarks.split import ClassSplit
+from lightning_cl.benchmarks.subsample import SubsampledStream
 from lightning_cl.benchmarks.task_incremental import task_incremental
 from lightning_cl.benchmarks.tensors import from_tensors
 from lightning_cl.benchmarks.transforms import Compose, Normalize, Permute, PerSample, Rotate
@@ -48,6 +49,7 @@ __all__ = [
     "SplitMNIST",
     "SplitOmniglot",
     "SplitTinyImageNet",
+    "SubsampledStream",
     "ValidationStreamDataModule",
     "blurry",
     "class_incremental",

@@ -231,12 +231,18 @@ def flat_grad(params: Sequence[Tensor]) -> Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double() for p in params])
 
 
-def write_grad(params: Sequence[Tensor], vector: Tensor) -> None:
-    """Set the parameters' ``.grad`` from one flat vector."""
+def write_projection(params: Sequence[Tensor], vector: Tensor) -> None:
+    """Copy the flat ``vector`` into the ``.grad`` of the parameters that have one.
+
+    A parameter that this step's loss does not reach (another task's head) keeps ``grad=None``,
+    so the optimizer leaves it alone (no weight decay, no momentum step) as in naive training;
+    Avalanche's GEM and A-GEM (and the GEM reference code) write the same way.
+    """
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = vector[offset : offset + n].view_as(p).to(p.dtype).clone()
+        if p.grad is not None:
+            p.grad.copy_(vector[offset : offset + n].view_as(p))
         offset += n
 
 

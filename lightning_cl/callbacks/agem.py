@@ -9,8 +9,14 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_cl.callbacks._replay import PatternMemory, cat_batches, flat_grad, memory_gradient, trainable
-from lightning_cl.callbacks.gem import write_projection
+from lightning_cl.callbacks._replay import (
+    PatternMemory,
+    cat_batches,
+    flat_grad,
+    memory_gradient,
+    trainable,
+    write_projection,
+)
 from lightning_cl.core.callback import ContinualCallback
 from lightning_cl.core.data import _mix_seed
 from lightning_cl.core.experience import Experience

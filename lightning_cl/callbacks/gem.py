@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -11,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_cl.callbacks._common import check_number
-from lightning_cl.callbacks._replay import PatternMemory, flat_grad, memory_gradient, trainable
+from lightning_cl.callbacks._replay import PatternMemory, flat_grad, memory_gradient, trainable, write_projection
 from lightning_cl.core.callback import ContinualCallback
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
@@ -106,21 +105,6 @@ def gem_projection(gradient: Tensor, memories: Tensor, margin: float = 0.0, eps:
     P = 0.5 * (P + P.T) + eps * torch.eye(len(G), dtype=torch.float64, device=G.device)
     v = solve_nonnegative_qp(P.cpu(), (G @ g).cpu(), margin).to(G.device)
     return G.T @ v + g
-
-
-def write_projection(params: Sequence[Tensor], vector: Tensor) -> None:
-    """Copy the flat ``vector`` into the ``.grad`` of the parameters that have one.
-
-    A parameter that this step's loss does not reach (another task's head) keeps ``grad=None``,
-    so the optimizer leaves it alone (no weight decay, no momentum step) as in naive training;
-    Avalanche's GEM and A-GEM (and the GEM reference code) write the same way.
-    """
-    offset = 0
-    for p in params:
-        n = p.numel()
-        if p.grad is not None:
-            p.grad.copy_(vector[offset : offset + n].view_as(p))
-        offset += n
 
 
 class GEM(ContinualCallback):

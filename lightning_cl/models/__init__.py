@@ -4,7 +4,7 @@ from lightning_cl.core.dynamic import DynamicModule
 from lightning_cl.models.backbones import ResNet32, SimpleCNN, SlimResNet18
 from lightning_cl.models.classifier import Classifier
 from lightning_cl.models.incremental import IncrementalClassifier
-from lightning_cl.models.mlp import MLP
+from lightning_cl.models.mlp import MLP, MultiHeadMLP
 from lightning_cl.models.multihead import MultiHeadClassifier
 from lightning_cl.models.pnn import PNN
 
@@ -15,6 +15,7 @@ __all__ = [
     "DynamicModule",
     "IncrementalClassifier",
     "MultiHeadClassifier",
+    "MultiHeadMLP",
     "ResNet32",
     "SimpleCNN",
     "SlimResNet18",

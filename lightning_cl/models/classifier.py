@@ -10,6 +10,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_cl.core.dynamic import forward_takes_task_labels
+
 
 class Classifier(L.LightningModule):
     """Cross-entropy classification of ``(x, y[, t])`` batches with any backbone.
@@ -19,7 +21,9 @@ class Classifier(L.LightningModule):
     (ContinualModule logs ``train/loss`` per epoch).
 
     Args:
-        backbone: the network, ``forward(x) -> logits``.
+        backbone: the network, ``forward(x) -> logits``, or ``forward(x, task_labels)`` for a
+            multi-head network (e.g. :class:`~lightning_cl.models.MultiHeadMLP`), which then
+            receives the task labels of ``(x, y, t)`` batches.
         lr: learning rate of the default SGD optimizer.
         momentum: momentum of the default SGD optimizer.
         optimizer: an optimizer factory (``OptimizerCallable``, e.g. from the CLI) used instead
@@ -41,12 +45,18 @@ class Classifier(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone = backbone
         self.optimizer_factory = optimizer
+        # a multi-head backbone (forward(x, task_labels)) gets the batch's task labels
+        self._backbone_takes_task_labels = forward_takes_task_labels(backbone)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, task_labels: Tensor | None = None) -> Tensor:
+        if self._backbone_takes_task_labels:
+            if task_labels is None:
+                task_labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            return self.backbone(x, task_labels)
         return self.backbone(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return F.cross_entropy(self(batch[0]), batch[1])
+        return F.cross_entropy(self(batch[0], batch[2] if len(batch) > 2 else None), batch[1])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is not None:

@@ -352,3 +352,21 @@ def test_an_online_stream_cannot_balance() -> None:
 def test_bad_online_settings(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         online(stream(), 8, **kwargs)
+
+
+def test_subsampled_stream_keeps_a_seeded_subset_of_each_experience() -> None:
+    from lightning_cl.benchmarks import SplitDigits, SubsampledStream
+
+    base = SplitDigits(num_experiences=5, class_order=list(range(10)))
+    small = SubsampledStream(base, samples_per_experience=50, seed=3)
+    again = SubsampledStream(SplitDigits(num_experiences=5, class_order=list(range(10))), 50, seed=3)
+    assert [len(e) for e in small.train_stream] == [50] * 5
+    assert small.test_stream is base.test_stream
+    for a, b, e in zip(small.train_stream, again.train_stream, base.train_stream):
+        assert torch.equal(a.dataset[7][0], b.dataset[7][0])
+        assert set(a.classes_in_this_experience) == set(e.classes_in_this_experience)
+    # online on top: one pass over the 50 samples of each experience
+    dm = online(small, experience_size=10)
+    assert dm.num_mini_experiences(0) == 5
+    with pytest.raises(ValueError, match="samples_per_experience"):
+        SubsampledStream(base, samples_per_experience=0)
