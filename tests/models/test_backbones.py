@@ -100,3 +100,27 @@ def test_state_dict_round_trip(build: Any) -> None:
 def test_bad_arguments(build: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_mlp_activations_and_bad_activation() -> None:
+    from lightning_cl.models import MLP
+
+    tanh = MLP(4, 3, hidden_sizes=(5,), activation="tanh")
+    assert any(isinstance(m, torch.nn.Tanh) for m in tanh.modules())
+    with pytest.raises(ValueError, match="activation"):
+        MLP(4, 3, activation="gelu6")
+
+
+def test_multihead_mlp_trains_task_incremental_through_classifier() -> None:
+    from lightning_cl import ContinualModule, fit_stream
+    from lightning_cl.benchmarks import SplitDigits
+    from lightning_cl.models import Classifier, MultiHeadMLP
+    from tests.conftest import quiet_trainer
+
+    torch.manual_seed(0)
+    dm = SplitDigits(num_experiences=5, task_labels=True, class_order=list(range(10)))
+    model = ContinualModule(Classifier(MultiHeadMLP(64, hidden_sizes=(32,)), lr=0.1))
+    result = fit_stream(quiet_trainer(max_epochs=2), model, dm)
+    # one 2-way head per task: every task stays well above chance (0.5) after the stream
+    assert float(result.accuracy_matrix[-1].min()) > 0.8
+    assert sorted(model.module.backbone.classifier.heads) == ["0", "1", "2", "3", "4"]
