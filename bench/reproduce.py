@@ -1,0 +1,127 @@
+"""Reproduce continual-learning-baselines: each experiment against its published target.
+
+Every experiment is a config in ``configs/reproduce/NAME.yaml`` that the command line runs as it
+is (``lightning-cl fit --config configs/reproduce/NAME.yaml --data...root=<MNIST folder>``); this
+script stages the MNIST files from ``LIGHTNING_CL_DATA`` (or ``../shared/data``) so nothing is
+downloaded, runs the config, and compares the final accuracy with the target of
+continual-learning-baselines (``tests/target_results.csv`` there). As there, the check is
+one-sided: beating the target passes; falling short by more than the tolerance fails.
+
+    python bench/reproduce.py --list
+    python bench/reproduce.py si-smnist            # one experiment; last line: ours vs target
+    python bench/reproduce.py all                  # every experiment, then the total time
+    python bench/reproduce.py lfl-pmnist -- --trainer.max_epochs=1   # extra flags for the CLI
+
+The exit status is non-zero when an experiment falls short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from _mnist import DEFAULT_DATA, stage_mnist
+
+from lightning_cl.cli import run_cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "reproduce"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    target: float
+    tolerance: float = 0.03
+    every_experience: bool = False  # LFL's check: every entry of the final row, not their mean
+    what: str = ""
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "si-smnist": Experiment(0.97, 0.01, what="SI, task-incremental SplitMNIST"),
+    "rwalk-smnist": Experiment(0.99, 0.01, what="RWalk, task-incremental SplitMNIST"),
+    "gdumb-smnist": Experiment(0.97, what="GDumb, class-incremental SplitMNIST"),
+    "lwf-smnist": Experiment(0.23, 0.01, what="LwF, class-incremental SplitMNIST"),
+    "lfl-pmnist": Experiment(0.88, every_experience=True, what="LFL, PermutedMNIST (4), every experience"),
+    "ewc-pmnist": Experiment(0.83, what="EWC, PermutedMNIST (10)"),
+    "si-pmnist": Experiment(0.83, what="SI, PermutedMNIST (10)"),
+    "gem-pmnist": Experiment(0.93, what="GEM, PermutedMNIST (5)"),
+    "agem-pmnist": Experiment(0.81, what="A-GEM, PermutedMNIST (17)"),
+    "mir-smnist": Experiment(0.87, what="MIR, online SplitMNIST, 1000 samples per experience"),
+    "mir-pmnist": Experiment(0.80, what="MIR, online PermutedMNIST (10), 1000 samples per experience"),
+    "online-replay-smnist": Experiment(0.92, what="Replay, online SplitMNIST"),
+}
+
+
+def score(name: str, extra: list[str], workdir: Path) -> tuple[float, float]:
+    """Run experiment ``name`` in ``workdir`` (where ``data`` holds MNIST); (score, seconds)."""
+    previous = Path.cwd()
+    os.chdir(workdir)
+    try:
+        start = time.perf_counter()
+        cli = run_cli(["fit", "--config", str(CONFIGS / f"{name}.yaml"), *extra])
+        seconds = time.perf_counter() - start
+    finally:
+        os.chdir(previous)
+    result = cli.result
+    if EXPERIMENTS[name].every_experience:
+        return float(result.accuracy_matrix[-1].min()), seconds
+    return result.average_accuracy, seconds
+
+
+def report(name: str, ours: float, seconds: float) -> bool:
+    e = EXPERIMENTS[name]
+    ok = ours >= e.target - e.tolerance
+    measure = "lowest experience" if e.every_experience else "average accuracy"
+    print(
+        f"{name}: ours {ours:.4f} vs target {e.target:.2f} (tolerance {e.tolerance:.2f}, {measure}), "
+        f"{seconds:.0f} s: {'OK' if ok else 'BELOW TARGET'}",
+        flush=True,
+    )
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="an experiment, or 'all'")
+    parser.add_argument("--list", action="store_true", help="list the experiments")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with MNIST/raw")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to the CLI")
+    args = parser.parse_args()
+    if args.list or args.name is None:
+        for name, e in EXPERIMENTS.items():
+            print(f"{name:<24} target {e.target:.2f} ± {e.tolerance:.2f}  {e.what}")
+        return 0
+    names = list(EXPERIMENTS) if args.name == "all" else [args.name]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        print(f"unknown experiment {unknown[0]!r}; --list shows them", file=sys.stderr)
+        return 2
+    extra = [a for a in args.extra if a != "--"]
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    staged = stage_mnist(args.data)
+    workdir = Path(tempfile.mkdtemp(prefix="lightning_cl_reproduce_"))
+    (workdir / "data").symlink_to(staged)
+    ok, total = True, 0.0
+    try:
+        for name in names:
+            ours, seconds = score(name, extra, workdir)
+            total += seconds
+            ok &= report(name, ours, seconds)
+        if len(names) > 1:
+            print(f"all {len(names)} experiments: {total / 60:.1f} minutes; {'all OK' if ok else 'some BELOW TARGET'}")
+    finally:
+        shutil.rmtree(workdir)
+        shutil.rmtree(staged)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
