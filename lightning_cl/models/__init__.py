@@ -5,7 +5,7 @@ from lightning_cl.models.backbones import ResNet32, SimpleCNN, SlimResNet18
 from lightning_cl.models.classifier import Classifier
 from lightning_cl.models.incremental import IncrementalClassifier
 from lightning_cl.models.mlp import MLP, MultiHeadMLP
-from lightning_cl.models.multihead import MultiHeadClassifier
+from lightning_cl.models.multihead import MultiHeadClassifier, MultiHeadNet
 from lightning_cl.models.pnn import PNN
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "IncrementalClassifier",
     "MultiHeadClassifier",
     "MultiHeadMLP",
+    "MultiHeadNet",
     "ResNet32",
     "SimpleCNN",
     "SlimResNet18",

@@ -221,3 +221,39 @@ class MultiHeadClassifier(DynamicModule):
             f"in_features={self.in_features}, initial_out_features={self.initial_out_features}, "
             f"masking={self.masking}, mask_value={self.mask_value}"
         )
+
+
+class MultiHeadNet(nn.Module):
+    """Any backbone's features, then one head per task (a :class:`MultiHeadClassifier`).
+
+    For task-incremental streams with a convolutional trunk, e.g. GEM's multi-head reduced
+    ResNet-18 (``MultiHeadNet(SlimResNet18(10), in_features=160)``). The features are
+    ``backbone.features(x)`` when the backbone has ``features`` (the reference backbones and
+    :class:`~lightning_cl.models.MLP` do), else ``backbone(x)``; the backbone's own classifier is
+    then unused.
+
+    Args:
+        backbone: the shared trunk.
+        in_features: size of the backbone's features.
+        initial_out_features: outputs of a new head before it grows to its task's classes.
+
+    Example:
+        >>> import torch
+        >>> from lightning_cl import Experience
+        >>> net = MultiHeadNet(torch.nn.Flatten(), in_features=4)
+        >>> net.heads.adaptation(Experience(0, torch.utils.data.TensorDataset(torch.zeros(1)), (0, 1), task_label=0))
+        >>> net(torch.zeros(3, 2, 2), torch.tensor([0, 0, 0])).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(self, backbone: nn.Module, in_features: int, initial_out_features: int = 2) -> None:
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"`backbone`: expected a torch.nn.Module, got {type(backbone).__name__}.")
+        self.backbone = backbone
+        self.heads = MultiHeadClassifier(in_features, initial_out_features=initial_out_features)
+
+    def forward(self, x: Tensor, task_labels: Tensor | int) -> Tensor:
+        features = getattr(self.backbone, "features", None)
+        h = features(x) if callable(features) else self.backbone(x)
+        return self.heads(h.flatten(1), task_labels)

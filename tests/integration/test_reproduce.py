@@ -17,7 +17,7 @@ from lightning_cl.cli import run_cli
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from reproduce import CONFIGS, EXPERIMENTS  # noqa: E402
+from reproduce import CONFIGS, EXPERIMENTS, GPU_CONFIGS  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -39,5 +39,10 @@ def test_one_epoch_reproduction(
     assert score >= threshold, (name, score)
 
 
-def test_every_experiment_has_a_config() -> None:
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(EXPERIMENTS)
+def test_every_experiment_has_a_config_that_parses() -> None:
+    configs = sorted([*CONFIGS.glob("*.yaml"), *GPU_CONFIGS.glob("*.yaml")])
+    assert sorted(p.stem for p in configs) == sorted(EXPERIMENTS)
+    for path in configs:  # the GPU ones too, though this machine cannot run them
+        with pytest.raises(SystemExit) as printed:
+            run_cli(["fit", "--config", str(path), "--print_config"])
+        assert printed.value.code == 0
