@@ -1,10 +1,13 @@
 """GPU check: SplitMNIST and a CIFAR-sized stream on CUDA with bf16-mixed, for Replay, EWC, DER, A-GEM.
 
-For each (stream, method) it prints the training throughput (samples per second over the whole
-stream, test passes excluded) and the final accuracy matrix's average accuracy. Run it on a
-CUDA machine; ``--device cpu --smoke`` checks the script itself on a CPU in seconds.
+For each (stream, method) it prints the training throughput (samples of the current experience
+per second over the whole stream, all processes together, test passes excluded), the average
+accuracy of the final row of the accuracy matrix R, and that row. Run it on a CUDA machine;
+``--device cpu --precision 32-true --smoke`` checks the script itself on a CPU (2 batches per
+experience; a few minutes on two cores, most of it the ResNet on the CIFAR-sized stream).
 
-    python bench/gpu_check.py                                  # CUDA, bf16-mixed
+    python bench/gpu_check.py                                  # one GPU, bf16-mixed
+    python bench/gpu_check.py --devices 4 --strategy ddp       # four GPUs (DDP): one line per run, from rank 0
     python bench/gpu_check.py --device cpu --precision 32-true --smoke
 
 SplitMNIST reads the MNIST files from ``--data`` (default: LIGHTNING_CL_DATA or ../shared/data;
@@ -29,6 +32,7 @@ from typing import Any
 import lightning as L
 import torch
 from _mnist import DEFAULT_DATA, stage_mnist
+from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_cl import ContinualModule, StreamDataModule, fit_stream
 from lightning_cl.benchmarks import SplitMNIST, from_tensors
@@ -77,7 +81,7 @@ class Throughput(L.Callback):
         self.seconds += time.perf_counter() - self._start
 
 
-def run(stream: str, method: str, args: argparse.Namespace, mnist_root: Path | None) -> tuple[float, float]:
+def run(stream: str, method: str, args: argparse.Namespace, mnist_root: Path | None) -> tuple[float, Any, int]:
     L.seed_everything(0, verbose=False)
     if stream == "splitmnist":
         dm: StreamDataModule = SplitMNIST(
@@ -90,7 +94,8 @@ def run(stream: str, method: str, args: argparse.Namespace, mnist_root: Path | N
     meter = Throughput()
     trainer = L.Trainer(
         accelerator=args.device,
-        devices=1,
+        devices=args.devices,
+        strategy=args.strategy,
         precision=args.precision,
         max_epochs=1,
         limit_train_batches=2 if args.smoke else None,
@@ -102,13 +107,17 @@ def run(stream: str, method: str, args: argparse.Namespace, mnist_root: Path | N
         callbacks=[*METHODS[method](), meter],
     )
     result = fit_stream(trainer, ContinualModule(user), dm, evaluate_initial=False)
-    return meter.samples / max(meter.seconds, 1e-9), result.average_accuracy
+    # each process counts its own shard: the stream's throughput is the sum over processes
+    throughput = meter.samples * trainer.world_size / max(meter.seconds, 1e-9)
+    return throughput, result, trainer.global_rank
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--devices", type=int, default=1, help="processes (GPUs); more than 1 needs --strategy ddp")
+    parser.add_argument("--strategy", default="auto", help="'ddp' for several devices (not ddp_spawn)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--smoke", action="store_true", help="2 batches per experience: checks the script only")
     parser.add_argument("--streams", nargs="*", default=["splitmnist", "cifar-sized"])
@@ -120,18 +129,30 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"device {device}, precision {args.precision}, torch {torch.__version__}")
+    # under DDP Lightning re-runs this script in the other processes: only the first one prints
+    leader = rank_zero_only.rank == 0
+    if leader:
+        print(f"device {device} x {args.devices}, precision {args.precision}, torch {torch.__version__}")
     root = stage_mnist(args.data) if "splitmnist" in args.streams else None
+    failed = 0
     try:
-        print(f"{'stream':<14}{'method':<8}{'samples/s':>12}{'avg acc':>9}")
+        if leader:
+            print(f"{'stream':<14}{'method':<8}{'samples/s':>12}{'avg acc':>9}  final row of R")
         for stream in args.streams:
             for method in args.methods:
-                throughput, accuracy = run(stream, method, args, root)
-                print(f"{stream:<14}{method:<8}{throughput:12.0f}{accuracy:9.4f}", flush=True)
+                try:
+                    throughput, result, rank = run(stream, method, args, root)
+                except Exception as error:  # a check: report every method, then fail
+                    failed += 1
+                    print(f"{stream:<14}{method:<8} failed: {type(error).__name__}: {error}", flush=True)
+                    continue
+                row = " ".join(f"{a:.3f}" for a in result.accuracy_matrix[-1].tolist())
+                if rank == 0:
+                    print(f"{stream:<14}{method:<8}{throughput:12.0f}{result.average_accuracy:9.4f}  {row}", flush=True)
     finally:
         if root is not None:
             shutil.rmtree(root)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -285,7 +285,10 @@ class OnlineStreamDataModule(StreamDataModule):
                 if name == "current" or name in extras:
                     raise ValueError(f"{type(callback).__name__}.joint_datasets: the name {name!r} is already taken.")
                 joint = in_group(joint, "train")
-                sampler = SeededRandomSampler(len(joint), seed, experience.index, length=len(main) * batch_size)  # type: ignore[arg-type]
+                # `main` is already this rank's share; Lightning shards the joint loader itself, so
+                # it needs every rank's worth to give each rank as many batches as `main`
+                length = len(main) * batch_size * self._world_size()
+                sampler = SeededRandomSampler(len(joint), seed, experience.index, length=length)  # type: ignore[arg-type]
                 extras[name] = self._loader(joint, batch_size, sampler)
         self._joint_keys = tuple(extras)
         if not extras:

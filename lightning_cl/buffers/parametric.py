@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_cl.buffers.base import Buffer, Candidates, FeatureFn
-from lightning_cl.buffers.selection import SelectionStrategy, selection_strategy
+from lightning_cl.buffers.selection import RandomSelection, SelectionStrategy, selection_strategy
 
 GROUPS = ("class", "experience", "task", "none")
 
@@ -51,7 +51,10 @@ class ParametricBuffer(Buffer):
     Avalanche's ``ParametricBuffer``: on each update the groups that received new samples
     rank their old and new samples again (``selection``), then every group keeps the first
     ``quota`` of its ranking (:func:`group_quotas`). A group that is not offered new samples
-    keeps a prefix of its old ranking as its quota shrinks, so it never changes otherwise.
+    keeps a prefix of its old ranking as its quota shrinks, so it never changes otherwise. With
+    random selection each group is a reservoir (as Avalanche's ``ClassBalancedBuffer``): every
+    sample draws a random key when offered and a group keeps its largest keys, so each sample
+    the group was ever offered is kept with the same probability, however many updates came.
 
     Args:
         memory_size: the most samples kept, over all groups.
@@ -94,6 +97,7 @@ class ParametricBuffer(Buffer):
         self.groupby = groupby
         self.selection = selection_strategy(selection)
         self.num_groups = num_groups
+        self.keys = torch.zeros(0, dtype=torch.float64)  # the random selection's reservoir keys
 
     def _groups(self, c: Candidates) -> Tensor:
         if self.groupby == "class":
@@ -127,19 +131,27 @@ class ParametricBuffer(Buffer):
                 f"{self.num_groups}."
             )
         quotas = group_quotas(available, self.memory_size, self.num_groups)
+        new_keys = torch.rand(len(candidates), generator=self._generator(-1), dtype=torch.float64)
+        keys = torch.cat([self.keys, new_keys])
         keep = []
         for g, quota in zip(ids.tolist(), quotas.tolist()):
             members = (groups == g).nonzero().squeeze(1)  # old slots first, in their ranking order
-            if g in touched:
+            if g not in touched:
+                keep.append(members[:quota])
+            elif isinstance(self.selection, RandomSelection):
+                # a reservoir per group: the largest random keys, so every sample the group was
+                # ever offered stays with the same probability (not a bias to recent updates)
+                keep.append(members[torch.argsort(keys[members], descending=True, stable=True)[:quota]])
+            else:
                 f = features(pool.select(members)) if self.selection.needs_features else None  # type: ignore[misc]
                 ranking = self.selection.rank(quota, len(members), f, self._generator(g))
                 keep.append(members[ranking.cpu()])
-            else:
-                keep.append(members[:quota])
-        self._set(pool, merged, torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long))
+        kept = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
+        self.keys = keys[kept]
+        self._set(pool, merged, kept)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "groupby": self.groupby}
+        return {**super().state_dict(), "groupby": self.groupby, "keys": self.keys.clone()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         saved = state_dict.get("groupby", self.groupby)
@@ -149,6 +161,8 @@ class ParametricBuffer(Buffer):
                 f"{self.groupby!r}."
             )
         super().load_state_dict(state_dict)
+        keys = state_dict.get("keys")
+        self.keys = torch.zeros(len(self), dtype=torch.float64) if keys is None else torch.as_tensor(keys).double()
 
 
 class ClassBalancedBuffer(ParametricBuffer):

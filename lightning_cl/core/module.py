@@ -6,6 +6,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Mapping
+from pathlib import PurePath
 from types import MethodType
 from typing import Any
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from lightning_cl.core.callback import TrainingStep, continual_callbacks
 from lightning_cl.core.datamodule import StreamDataModule
@@ -117,7 +119,10 @@ class ContinualModule(L.LightningModule):
 
     Its ``state_dict`` is the wrapped module's, key for key, and its checkpoints carry the wrapped
     module's hyperparameters, so ``MyModule.load_from_checkpoint(path)`` loads a checkpoint of a
-    wrapped run into the bare module.
+    wrapped run into the bare module. They also carry (under ``"lightning_cl"``, tensors and
+    primitives only) the rows of the accuracy matrix, the ``state_key`` of every CL method and the
+    states of the global random generators (torch, CUDA, NumPy, Python), which a fit resumed from
+    the checkpoint continues (rank 0's on every rank: seed all ranks alike).
 
     Stream evaluation needs ``forward`` to return logits ``[B, C]``. A module whose ``forward``
     takes two arguments (or one named ``task_labels``) gets the task labels of the batch too.
@@ -171,6 +176,8 @@ class ContinualModule(L.LightningModule):
         self._loss_sums: dict[str, Tensor] = {}
         self._loss_steps = 0
         self._output_checked: set[tuple[str, int]] = set()
+        # (global step, random generators' states) of the checkpoint the running fit resumed from
+        self._resumed_from: tuple[int, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------------------ plumbing
     def _call_user(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -265,8 +272,9 @@ class ContinualModule(L.LightningModule):
             self._reset_monitors()
             for layer in [m for m in self.module.modules() if isinstance(m, DynamicModule)]:
                 layer.adaptation(experience)
-            for callback in continual_callbacks(self.trainer):
-                callback.on_experience_start(self.trainer, self, experience)
+            if getattr(dm, "access_task_boundaries", True):
+                for callback in continual_callbacks(self.trainer):
+                    callback.on_experience_start(self.trainer, self, experience)
 
     def _reset_monitors(self) -> None:
         # "best so far" of one experience means nothing for the next (another data distribution)
@@ -324,6 +332,7 @@ class ContinualModule(L.LightningModule):
         experience = self._experience
         if experience is not None:
             self._check_training_outputs(experience)
+            _check_sharded_training(self.trainer)
         if "on_train_start" in self._user_hooks:
             self._call_user("on_train_start")
 
@@ -340,25 +349,52 @@ class ContinualModule(L.LightningModule):
     def on_train_end(self) -> None:
         if self.keep_optimizer_state:
             self._save_optimizer_state()
+        self._sync_buffers()
         self._end_experience()
         if "on_train_end" in self._user_hooks:
             self._call_user("on_train_end")
+
+    def _sync_buffers(self) -> None:
+        # DDP broadcasts buffers (BatchNorm statistics) from rank 0 before each step, so after the
+        # last step every rank holds its own: give all rank 0's (the checkpoint's) before the CL
+        # methods read the model (stored logits, herding features) and before the test pass
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buffer in self.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def _end_experience(self) -> None:
         dm = self.datamodule
         experience = self._experience
         if experience is None or not dm._active:
             return
-        for callback in continual_callbacks(self.trainer):
-            callback.on_experience_end(self.trainer, self, experience)
+        # a boundary-free stream hides where experiences end from the CL methods
+        if getattr(dm, "access_task_boundaries", True):
+            for callback in continual_callbacks(self.trainer):
+                callback.on_experience_end(self.trainer, self, experience)
         dm._end_experience()
         self._experience = None
 
     def on_fit_end(self) -> None:
         dm = self.datamodule
-        if self._experience is not None and dm._target_epoch != -1 and self.trainer.current_epoch >= dm._target_epoch:
-            # a fit that only restored a checkpoint written after the last epoch of an
-            # experience: training is over, but on_train_end never ran
+        trainer = self.trainer
+        if self._resumed_from is not None:
+            step, rng = self._resumed_from
+            self._resumed_from = None
+            if trainer.global_step == step:
+                # a fit that restored a checkpoint and trained nothing (written at an experience's
+                # end): undo the random draws Lightning made since (data iterators), and let the
+                # next fit start as any fit, as Lightning would after a training step
+                _set_rng_state(rng)
+                _forget_resume(trainer.fit_loop)
+        budget_spent = (dm._target_epoch != -1 and trainer.current_epoch >= dm._target_epoch) or (
+            dm._target_step != -1 and trainer.global_step >= dm._target_step
+        )
+        if self._experience is not None and budget_spent:
+            # a fit that only restored a checkpoint written after the last epoch (or step) of an
+            # experience: training is over, but on_train_end never ran; the optimizer is the
+            # restored one, whose state the next experience may keep
+            if self.keep_optimizer_state:
+                self._save_optimizer_state()
             self._end_experience()
         if self._fit_index is not None:
             elapsed = time.perf_counter() - self._fit_started
@@ -536,6 +572,11 @@ class ContinualModule(L.LightningModule):
             # so that the bare module's load_from_checkpoint rebuilds it from this file
             checkpoint[self.CHECKPOINT_HYPER_PARAMS_NAME] = getattr(self.module, "_hparams_name", None)
             checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = dict(self.module.hparams)
+        # a path among the hyperparameters (a datamodule's `root`) would make the file unreadable
+        # by a weights-only load, which is how Lightning reads a checkpoint to resume from
+        for key in (self.CHECKPOINT_HYPER_PARAMS_KEY, L.LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY):
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint[key] = _paths_as_strings(checkpoint[key])
         checkpoint["lightning_cl"] = {
             "rows": {i: row.clone() for i, row in self._rows.items()},
             "initial": None if self._initial is None else self._initial.clone(),
@@ -559,6 +600,7 @@ class ContinualModule(L.LightningModule):
             if state.get("rng") is not None and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
                 # resuming a fit: continue the random streams where the checkpoint left them
                 _set_rng_state(state["rng"])
+                self._resumed_from = (int(checkpoint.get("global_step", -1)), state["rng"])
         if "on_load_checkpoint" in self._user_hooks:
             self._call_user("on_load_checkpoint", checkpoint)
 
@@ -567,9 +609,22 @@ class ContinualModule(L.LightningModule):
             self._call_user("teardown", stage)
 
 
+def _paths_as_strings(value: Any) -> Any:
+    """``value`` with every ``pathlib`` path in it (in dicts, lists, tuples) replaced by its string."""
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _paths_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list) or type(value) is tuple:
+        return type(value)(_paths_as_strings(v) for v in value)
+    return value
+
+
 def _rng_state() -> dict[str, Any]:
     """The global random generators' states (torch, CUDA, NumPy, Python) as tensors and primitives."""
-    _, key, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # for mypy: the legacy form is ("MT19937", key, pos, has_gauss, gauss)
+    _, key, pos, has_gauss, gauss = legacy
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -601,3 +656,70 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def _check_sharded_training(trainer: L.Trainer) -> None:
+    """Refuse, under several processes, a training loader that every process would draw alike.
+
+    Lightning splits a loader across the processes by putting a DistributedSampler in it; with
+    ``use_distributed_sampler=False``, or with a sampler that is not one and does not shard itself
+    (``num_replicas`` and ``rank`` attributes, as torch's), every process would train on the same
+    batches. Iterable datasets are left to the user (they shard themselves or not).
+    """
+    world = trainer.world_size
+    if world == 1:
+        return
+    for name, loader in _loaders(trainer.train_dataloader, "train"):
+        if isinstance(loader.dataset, IterableDataset):
+            continue
+        batch_sampler = loader.batch_sampler
+        candidates = [loader.sampler, batch_sampler, getattr(batch_sampler, "sampler", None)]
+        if any(
+            isinstance(s, DistributedSampler)
+            or (getattr(s, "num_replicas", None) == world and getattr(s, "rank", None) == trainer.global_rank)
+            for s in candidates
+        ):
+            continue
+        drawn = type(loader.sampler).__name__
+        if batch_sampler is not None and type(batch_sampler).__name__ != "BatchSampler":
+            inner = getattr(batch_sampler, "sampler", None)
+            drawn = f"the batch sampler {type(batch_sampler).__name__}"
+            drawn += "" if inner is None else f" over {type(inner).__name__}"
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        raise ValueError(
+            f"`{type(dm).__name__}.train_dataloader`: the training loader {name!r} draws with {drawn}, which is not "
+            f"split across the {world} processes: every process would train on the same batches. Keep "
+            "Trainer(use_distributed_sampler=True) with a plain sampler, which Lightning splits, or give a "
+            "sampler or batch sampler that splits itself (a DistributedSampler, or one with `num_replicas` and "
+            "`rank` attributes, as StreamDataModule(balance=...) does), or train on one process."
+        )
+
+
+def _loaders(iterables: Any, name: str) -> list[tuple[str, DataLoader]]:
+    """The DataLoaders of a (nested) mapping or sequence of loaders, with their keys."""
+    if isinstance(iterables, DataLoader):
+        return [(name, iterables)]
+    if isinstance(iterables, Mapping):
+        return [pair for key, value in iterables.items() for pair in _loaders(value, str(key))]
+    if isinstance(iterables, (list, tuple)):
+        return [pair for i, value in enumerate(iterables) for pair in _loaders(value, f"{name}[{i}]")]
+    return []
+
+
+def _forget_resume(loop: Any) -> None:
+    """Clear the "resuming" flags of Lightning's ``loop`` and its child loops.
+
+    Lightning clears them after the first training step of a resumed fit; a fit that only restored
+    a checkpoint keeps them, and the next fit would then create its data iterators once less
+    (each creation draws from the global random generator).
+    """
+    pending, seen = [loop], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for name in ("_restarting", "_loaded_from_state_dict", "_resuming_from_checkpoint"):
+            if hasattr(current, name):
+                setattr(current, name, False)
+        pending += [child for child in vars(current).values() if hasattr(child, "_resuming_from_checkpoint")]

@@ -264,3 +264,16 @@ def test_empty_buffer_has_no_dataset() -> None:
         ReservoirBuffer(10).dataset(dm.train_stream)
     with pytest.raises(ValueError, match="memory_size"):
         ReservoirBuffer(2).load_state_dict(ReservoirBuffer(5).state_dict() | {"position": torch.arange(5)})
+
+
+def test_class_balanced_random_is_a_reservoir_per_class() -> None:
+    # one class offered in 20 updates of 10: every one of the 200 samples is kept with
+    # probability 10/200, not biased towards the last updates
+    counts = torch.zeros(200)
+    for seed in range(1000):
+        buffer = ClassBalancedBuffer(10, seed=seed)
+        for chunk in range(20):
+            buffer.update(offer(10, classes=1, start=10 * chunk))
+        counts[buffer.slots.position] += 1
+    assert abs(float(counts[:100].sum() - counts[100:].sum())) < 0.1 * 1000 * 10
+    assert float(counts.max()) < 3 * 1000 * 10 / 200

@@ -11,8 +11,8 @@ import torch
 from torch.nn import functional as F
 
 from lightning_cl import ContinualModule, fit_stream
-from lightning_cl.buffers import ClassBalancedBuffer, ReservoirBuffer
 from lightning_cl.benchmarks import online
+from lightning_cl.buffers import ClassBalancedBuffer, ReservoirBuffer
 from lightning_cl.callbacks import DER, ERACE, EWC, Replay
 from lightning_cl.models import MLP, Classifier
 from tests.callbacks.replay_helpers import checkpoint_state, digits, digits_run, naive_accuracy
