@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,21 @@ REPO = Path(__file__).resolve().parents[1]
 # Tiny models gain nothing from intra-op threads, and on 2 cores a second thread per process
 # oversubscribes the CPU as soon as anything else runs (two-process DDP tests included).
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process_state() -> Any:
+    """Per test: one intra-op thread, and no W&B run left active afterwards.
+
+    Lightning's DDP strategy sets the thread count of the process it runs in (an in-process
+    one-device ``ddp`` run does), and the spinning threads then slow every later test tenfold on
+    a busy machine; a W&B run left active would be reused by the next ``WandbLogger``.
+    """
+    torch.set_num_threads(1)
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def data_root() -> Path:
