@@ -17,12 +17,15 @@ loaders use instead of :func:`collate`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
+
+if TYPE_CHECKING:  # typing.Self needs Python 3.11
+    from typing_extensions import Self
 
 Transform = Callable[[Tensor], Tensor]
 Collate = Callable[[Any], Any]
@@ -179,7 +182,63 @@ def _check_returned(names: Sequence[str], attributes: Mapping[str, Tensor]) -> t
     return tuple(names)
 
 
-class InMemoryDataset(Dataset):
+class _Derived:
+    """The ``with_*`` methods of :class:`InMemoryDataset` and :class:`SubsetDataset`.
+
+    Each returns a new dataset of the same items (sharing storage) with one thing changed,
+    through the class's ``_replace``.
+    """
+
+    def _replace(self, **changes: Any) -> Self:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def relabel(self, targets: Tensor, task_labels: Tensor | None) -> Self:
+        """The same items with new per-item targets and task labels (attributes kept)."""
+        return self._replace(targets=targets, task_labels=task_labels)
+
+    def with_transform(self, transform: Callable[[Any], Any] | None, group: str | None = None) -> Self:
+        """The same items with ``transform`` added.
+
+        Args:
+            transform: a transform (batched for an :class:`InMemoryDataset`, per sample for a
+                :class:`SubsetDataset`).
+            group: None adds it to the shared transform (every group: after the shared transform,
+                before the group's own); a group name adds it after that group's transform only.
+        """
+        _check_callable(transform, "transform")
+        if group is None:
+            return self._replace(transform=_compose(self.transform, transform))  # type: ignore[attr-defined]
+        return self._replace(transform_groups=_add_to_group(self.transform_groups, group, transform))  # type: ignore[attr-defined]
+
+    def with_group(self, group: str) -> Self:
+        """The same items with ``group``'s transforms (``"train"``, ``"eval"`` or a declared group)."""
+        return self._replace(group=group)
+
+    def train(self) -> Self:
+        """``with_group("train")``."""
+        return self.with_group("train")
+
+    def eval(self) -> Self:
+        """``with_group("eval")``."""
+        return self.with_group("eval")
+
+    def with_attributes(self, attributes: Mapping[str, Tensor]) -> Self:
+        """The same items with ``attributes`` added (or replaced, for names it already has)."""
+        return self._replace(attributes={**self.attributes, **_check_attributes(attributes, len(self))})  # type: ignore[attr-defined]
+
+    def with_return_attributes(self, names: Sequence[str]) -> Self:
+        """The same items, whose samples end with the attributes ``names`` (``()``: none)."""
+        return self._replace(return_attributes=names)
+
+    def with_collate_fn(self, collate_fn: Collate | None) -> Self:
+        """The same items, whose loaders collate with ``collate_fn``."""
+        return self._replace(collate_fn=collate_fn)
+
+
+class InMemoryDataset(_Derived, Dataset):
     """A dataset of tensors, batched by index: the fast path of every stream.
 
     ``inputs`` is shared storage; a subset keeps an index tensor into it, never a copy. Targets,
@@ -309,47 +368,6 @@ class InMemoryDataset(Dataset):
         attributes = {name: value[index] for name, value in self.attributes.items()}
         return self._replace(targets=self.targets[index], task_labels=task, indices=rows, attributes=attributes)
 
-    def relabel(self, targets: Tensor, task_labels: Tensor | None) -> InMemoryDataset:
-        """The same items with new per-item targets and task labels (attributes kept)."""
-        return self._replace(targets=targets, task_labels=task_labels)
-
-    def with_transform(self, transform: Transform | None, group: str | None = None) -> InMemoryDataset:
-        """The same items with ``transform`` added.
-
-        Args:
-            transform: a batched transform.
-            group: None adds it to the shared transform (every group: after the shared transform,
-                before the group's own); a group name adds it after that group's transform only.
-        """
-        _check_callable(transform, "transform")
-        if group is None:
-            return self._replace(transform=_compose(self.transform, transform))
-        return self._replace(transform_groups=_add_to_group(self.transform_groups, group, transform))
-
-    def with_group(self, group: str) -> InMemoryDataset:
-        """The same items with ``group``'s transforms (``"train"``, ``"eval"`` or a declared group)."""
-        return self._replace(group=group)
-
-    def train(self) -> InMemoryDataset:
-        """``with_group("train")``."""
-        return self.with_group("train")
-
-    def eval(self) -> InMemoryDataset:
-        """``with_group("eval")``."""
-        return self.with_group("eval")
-
-    def with_attributes(self, attributes: Mapping[str, Tensor]) -> InMemoryDataset:
-        """The same items with ``attributes`` added (or replaced, for names it already has)."""
-        return self._replace(attributes={**self.attributes, **_check_attributes(attributes, len(self))})
-
-    def with_return_attributes(self, names: Sequence[str]) -> InMemoryDataset:
-        """The same items, whose samples end with the attributes ``names`` (``()``: none)."""
-        return self._replace(return_attributes=names)
-
-    def with_collate_fn(self, collate_fn: Collate | None) -> InMemoryDataset:
-        """The same items, whose loaders collate with ``collate_fn``."""
-        return self._replace(collate_fn=collate_fn)
-
 
 def _add_to_group(groups: Mapping[str, Any], group: str, transform: Any) -> dict[str, Any]:
     if not isinstance(group, str) or not group:
@@ -359,7 +377,7 @@ def _add_to_group(groups: Mapping[str, Any], group: str, transform: Any) -> dict
     return updated
 
 
-class SubsetDataset(Dataset):
+class SubsetDataset(_Derived, Dataset):
     """Items of any map-style dataset, with their targets (possibly relabelled) known up front.
 
     This is the per-sample path: ``dataset[i]`` reads ``base[indices[i]]``, keeps its input,
@@ -459,41 +477,6 @@ class SubsetDataset(Dataset):
         return self._replace(
             indices=self.indices[index], targets=self.targets[index], task_labels=task, attributes=attributes
         )
-
-    def relabel(self, targets: Tensor, task_labels: Tensor | None) -> SubsetDataset:
-        """The same items with new per-item targets and task labels (attributes kept)."""
-        return self._replace(targets=targets, task_labels=task_labels)
-
-    def with_transform(self, transform: Callable[[Any], Any] | None, group: str | None = None) -> SubsetDataset:
-        """The same items with ``transform`` added: to the shared transform (``group=None``) or after ``group``'s."""
-        _check_callable(transform, "transform")
-        if group is None:
-            return self._replace(transform=_compose(self.transform, transform))
-        return self._replace(transform_groups=_add_to_group(self.transform_groups, group, transform))
-
-    def with_group(self, group: str) -> SubsetDataset:
-        """The same items with ``group``'s transforms."""
-        return self._replace(group=group)
-
-    def train(self) -> SubsetDataset:
-        """``with_group("train")``."""
-        return self.with_group("train")
-
-    def eval(self) -> SubsetDataset:
-        """``with_group("eval")``."""
-        return self.with_group("eval")
-
-    def with_attributes(self, attributes: Mapping[str, Tensor]) -> SubsetDataset:
-        """The same items with ``attributes`` added (or replaced, for names it already has)."""
-        return self._replace(attributes={**self.attributes, **_check_attributes(attributes, len(self))})
-
-    def with_return_attributes(self, names: Sequence[str]) -> SubsetDataset:
-        """The same items, whose samples end with the attributes ``names``."""
-        return self._replace(return_attributes=names)
-
-    def with_collate_fn(self, collate_fn: Collate | None) -> SubsetDataset:
-        """The same items, whose loaders collate with ``collate_fn``."""
-        return self._replace(collate_fn=collate_fn)
 
 
 def _subsettable(dataset: Dataset) -> Any:
