@@ -9,6 +9,7 @@ one-sided: beating the target passes; falling short by more than the tolerance f
 
     python bench/reproduce.py --list
     python bench/reproduce.py si-smnist            # one experiment; last line: ours vs target
+    python bench/reproduce.py gdumb-smnist mir-smnist   # several
     python bench/reproduce.py all                  # every experiment, then the total time
     python bench/reproduce.py lfl-pmnist -- --trainer.max_epochs=1   # extra flags for the CLI
 
@@ -79,9 +80,12 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 
 def score(name: str, extra: list[str], workdir: Path) -> tuple[float, float]:
-    """Run experiment ``name`` in ``workdir`` (where ``data`` holds MNIST); (score, seconds)."""
+    """Run experiment ``name`` in a folder of ``workdir`` (whose ``data`` holds MNIST); (score, seconds)."""
     previous = Path.cwd()
-    os.chdir(workdir)
+    folder = workdir / name  # its own: the CLI saves config.yaml there and never overwrites one
+    folder.mkdir()
+    (folder / "data").symlink_to(workdir / "data")
+    os.chdir(folder)
     try:
         start = time.perf_counter()
         folder = GPU_CONFIGS if EXPERIMENTS[name].gpu else CONFIGS
@@ -111,20 +115,21 @@ def report(name: str, ours: float, seconds: float) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", nargs="?", help="an experiment, or 'all'")
+    parser.add_argument("names", nargs="*", help="experiments, or 'all' (MNIST family) / 'all-gpu' (CIFAR)")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with MNIST/raw (or the CIFAR files)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to the CLI")
     args = parser.parse_args()
-    if args.list or args.name is None:
+    if args.list or not args.names:
         for name, e in EXPERIMENTS.items():
             print(f"{name:<24} target {e.target:.2f} ± {e.tolerance:.2f}  {e.what}{'  [GPU]' if e.gpu else ''}")
         return 0
     # "all": the MNIST-family experiments (CPU); "all-gpu": the CIFAR ones
-    names = {
+    groups = {
         "all": [n for n, e in EXPERIMENTS.items() if not e.gpu],
         "all-gpu": [n for n, e in EXPERIMENTS.items() if e.gpu],
-    }.get(args.name, [args.name])
+    }
+    names = [n for name in args.names for n in groups.get(name, [name])]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         print(f"unknown experiment {unknown[0]!r}; --list shows them", file=sys.stderr)
