@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import pickle
 import shutil
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
