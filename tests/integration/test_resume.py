@@ -117,10 +117,7 @@ def _marks(case: str, point: str) -> list[Any]:
 
 @pytest.mark.parametrize(
     ("case", "point"),
-    [
-        pytest.param(c, p, id=f"{c}-{p}", marks=_marks(c, p))
-        for c, p in RESUMES
-    ],
+    [pytest.param(c, p, id=f"{c}-{p}", marks=_marks(c, p)) for c, p in RESUMES],
 )
 def test_the_resumed_run_ends_as_the_uninterrupted_one(runs: Path, case: str, point: str) -> None:
     reference = torch.load(runs / case / "reference.pt", weights_only=True)
