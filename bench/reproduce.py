@@ -119,8 +119,10 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help="experiments, or 'all' (MNIST family) / 'all-gpu' (CIFAR)")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with MNIST/raw (or the CIFAR files)")
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to the CLI")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    extra = argv[cut + 1 :]  # after --: flags passed to the CLI
     if args.list or not args.names:
         for name, e in EXPERIMENTS.items():
             print(f"{name:<24} target {e.target:.2f} ± {e.tolerance:.2f}  {e.what}{'  [GPU]' if e.gpu else ''}")
@@ -135,7 +137,6 @@ def main() -> int:
     if unknown:
         print(f"unknown experiment {unknown[0]!r}; --list shows them", file=sys.stderr)
         return 2
-    extra = [a for a in args.extra if a != "--"]
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     gpu = all(EXPERIMENTS[n].gpu for n in names)
