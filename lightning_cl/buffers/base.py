@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +75,19 @@ def _check_memory_size(memory_size: Any) -> int:
     return memory_size
 
 
-class Buffer:
+def read_samples(stream: Stream, samples: Candidates) -> tuple[Dataset, Tensor]:
+    """``samples`` read from ``stream``, grouped by experience: ``(dataset, order)``, where item
+    ``k`` of ``dataset`` is sample ``order[k]`` of ``samples``."""
+    parts, order = [], []
+    for e in torch.unique(samples.experience).tolist():
+        rows = (samples.experience == e).nonzero().squeeze(1)
+        experience = stream[e]
+        parts.append(take(experience.dataset, samples.position[rows], experience.task_label))
+        order.append(rows)
+    return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), torch.cat(order)
+
+
+class Buffer(ABC):
     """A bounded memory of stream samples, held as ``(experience, position)`` slots.
 
     A slot points into ``train_stream[experience].dataset``; :meth:`dataset` reads the samples
@@ -103,6 +116,7 @@ class Buffer:
     def __len__(self) -> int:
         return len(self.slots)
 
+    @abstractmethod
     def update(
         self,
         candidates: Candidates,
@@ -110,7 +124,6 @@ class Buffer:
         features: FeatureFn | None = None,
     ) -> None:
         """Offer ``candidates`` (with their per-sample ``extras``); keep what the policy keeps."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------------------ helpers
     def _generator(self, *keys: int) -> torch.Generator:
@@ -163,15 +176,9 @@ class Buffer:
         key = (id(stream), self.updates, with_slots)
         if self._cache is not None and self._cache[:3] == key:
             return self._cache[3]
-        parts, order = [], []
-        for e in torch.unique(self.slots.experience).tolist():
-            slots = (self.slots.experience == e).nonzero().squeeze(1)
-            experience = stream[e]
-            parts.append(take(experience.dataset, self.slots.position[slots], experience.task_label))
-            order.append(slots)
-        data: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        data, order = read_samples(stream, self.slots)
         if with_slots:
-            data = _WithSlots(data, torch.cat(order))
+            data = _WithSlots(data, order)
         self._cache = (*key, data)
         return data
 

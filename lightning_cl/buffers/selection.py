@@ -6,11 +6,13 @@ share of the memory shrinks later (a new class arrives) it keeps a prefix of tha
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor
 
 
-class SelectionStrategy:
+class SelectionStrategy(ABC):
     """Ranks the candidates of one group; the first ones are kept.
 
     Attributes:
@@ -20,9 +22,9 @@ class SelectionStrategy:
 
     needs_features: bool = False
 
+    @abstractmethod
     def rank(self, count: int, num_candidates: int, features: Tensor | None, generator: torch.Generator) -> Tensor:
         """Positions (into the candidates) of the ``count`` samples to keep, best first."""
-        raise NotImplementedError
 
 
 class RandomSelection(SelectionStrategy):

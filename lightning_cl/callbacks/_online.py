@@ -4,15 +4,14 @@ their experience, and reading stream samples by position."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_cl.benchmarks._common import take
 from lightning_cl.buffers.base import Candidates
+from lightning_cl.buffers.base import read_samples as read_grouped
 from lightning_cl.core.data import collate_fn_of, in_group
 from lightning_cl.core.experience import Stream
 
@@ -78,15 +77,11 @@ def read_samples(stream: Stream, candidates: Candidates, device: torch.device | 
     """
     if not len(candidates):
         raise ValueError("read_samples: no candidates to read.")
-    parts: list[Any] = []
-    order = []
-    for e in torch.unique(candidates.experience).tolist():
-        index = (candidates.experience == e).nonzero().squeeze(1)
-        experience = stream[e]
-        data = in_group(take(experience.dataset, candidates.position[index], experience.task_label), "eval")
-        items = list(range(len(index)))
-        getitems = getattr(data, "__getitems__", None)
-        parts.append(collate_fn_of(data)(getitems(items) if getitems else [data[i] for i in items]))
-        order.append(index)
-    inverse = torch.argsort(torch.cat(order))
-    return [torch.cat([torch.as_tensor(p[f]) for p in parts])[inverse].to(device) for f in range(len(parts[0]))]
+    data, order = read_grouped(stream, candidates)
+    data = in_group(data, "eval")
+    items = list(range(len(order)))
+    getitems = getattr(data, "__getitems__", None)
+    batch = collate_fn_of(data)(getitems(items) if getitems else [data[i] for i in items])
+    # rows come grouped by experience: put them back in the candidates' order
+    inverse = torch.argsort(order)
+    return [torch.as_tensor(t)[inverse].to(device) for t in batch]

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from lightning_cl.benchmarks._common import take
-from lightning_cl.buffers.base import Buffer, Candidates, FeatureFn
+from lightning_cl.buffers.base import Buffer, Candidates, FeatureFn, read_samples
 from lightning_cl.buffers.parametric import ClassBalancedBuffer, ExperienceBalancedBuffer, ParametricBuffer
 from lightning_cl.buffers.reservoir import ReservoirBuffer
 from lightning_cl.buffers.selection import SelectionStrategy
@@ -151,17 +151,11 @@ def candidate_features(model: nn.Module, stream: Stream, extractor: FeatureExtra
     """A buffer's ``features`` function: the candidates read from ``stream`` through ``extractor``."""
 
     def features(candidates: Candidates) -> Tensor:
-        reader = Buffer(max(len(candidates), 1))
-        reader.slots = candidates
-        return map_dataset(model, reader.dataset(stream), extractor)[_slot_order(candidates)]
+        data, order = read_samples(stream, candidates)
+        # rows come grouped by experience: put them back in the candidates' order
+        return map_dataset(model, data, extractor)[torch.argsort(order)]
 
     return features
-
-
-def _slot_order(candidates: Candidates) -> Tensor:
-    # Buffer.dataset groups slots by experience: map that order back to the candidates' order
-    order = torch.cat([(candidates.experience == e).nonzero().squeeze(1) for e in torch.unique(candidates.experience)])
-    return torch.argsort(order)
 
 
 class PatternMemory:

@@ -16,6 +16,7 @@ loaders use instead of :func:`collate`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -182,18 +183,19 @@ def _check_returned(names: Sequence[str], attributes: Mapping[str, Tensor]) -> t
     return tuple(names)
 
 
-class _Derived:
+class _Derived(ABC):
     """The ``with_*`` methods of :class:`InMemoryDataset` and :class:`SubsetDataset`.
 
     Each returns a new dataset of the same items (sharing storage) with one thing changed,
     through the class's ``_replace``.
     """
 
+    @abstractmethod
     def _replace(self, **changes: Any) -> Self:
-        raise NotImplementedError
+        """A dataset of this class with ``changes`` to its fields."""
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
     def relabel(self, targets: Tensor, task_labels: Tensor | None) -> Self:
         """The same items with new per-item targets and task labels (attributes kept)."""
