@@ -63,6 +63,14 @@ class LwF(ContinualCallback):
     paper and of Avalanche carry over. Multiply ``alpha`` by ``T**2`` for Hinton et al.'s
     gradient scaling.
 
+    ``task_loss_weight`` scales the task loss (the user's, e.g. cross-entropy on the current
+    classes) during experience ``k``, as van de Ven et al. ("Three scenarios for continual
+    learning", 2019) weight it ``1 / (k + 1)`` against the distillation term: with
+    ``task_loss_weight=[1, 1/2, 1/3, 1/4, 1/5]`` and ``alpha=[0, 0.5, 1.33, 2.25, 3.2]`` this is
+    continual-learning-baselines' LwF on class-incremental SplitMNIST (its ``LwFCEPenalty``). A weight
+    other than 1 makes LwF replace the task loss (``task_loss``), so it cannot be combined with
+    another method that replaces it (e.g. ER-ACE); the default 1 leaves it alone.
+
     Cost: one more copy of the model on the device, one teacher forward per step (plus one
     student forward when ``training_step`` returns no ``"logits"``); with task labels, a student
     and a teacher forward per earlier task.
@@ -80,10 +88,13 @@ class LwF(ContinualCallback):
             (the value at index ``k`` is used while training experience ``k``; index 0 is unused,
             there is no teacher then). A weight of 0 skips the teacher forward.
         temperature: softmax temperature ``T > 0`` of both distributions.
+        task_loss_weight: weight of the task loss, a non-negative number or one per experience
+            (default 1: the task loss as it is).
 
     Raises:
-        ValueError: for a negative or non-finite ``alpha``, an empty ``alpha`` list, a list whose
-            length is not the stream's number of experiences, or a non-positive ``temperature``.
+        ValueError: for a negative or non-finite ``alpha`` or ``task_loss_weight``, an empty list, a
+            list whose length is not the stream's number of experiences, or a non-positive
+            ``temperature``.
         TypeError: for a non-numeric ``alpha``/``temperature``, or a model whose ``forward`` does
             not return logits ``[B, C]``.
 
@@ -105,8 +116,14 @@ class LwF(ContinualCallback):
         True
     """
 
-    def __init__(self, alpha: float | Sequence[float] = 1.0, temperature: float = 2.0) -> None:
+    def __init__(
+        self,
+        alpha: float | Sequence[float] = 1.0,
+        temperature: float = 2.0,
+        task_loss_weight: float | Sequence[float] = 1.0,
+    ) -> None:
         self.alpha = check_weight(alpha, "alpha")
+        self.task_loss_weight = check_weight(task_loss_weight, "task_loss_weight")
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
             raise TypeError(f"`temperature`: expected a positive number, got {type(temperature).__name__}.")
         if not (math.isfinite(temperature) and temperature > 0):
@@ -125,7 +142,9 @@ class LwF(ContinualCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(alpha=self.alpha, temperature=self.temperature)
+        # task_loss_weight only when set: checkpoints of LwF without it keep their key
+        extra = {} if self.task_loss_weight == 1.0 else {"task_loss_weight": self.task_loss_weight}
+        return self._generate_state_key(alpha=self.alpha, temperature=self.temperature, **extra)
 
     # --------------------------------------------------------------------------------- hooks
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -144,6 +163,7 @@ class LwF(ContinualCallback):
     def on_experience_start(self, trainer: L.Trainer, pl_module: ContinualModule, experience: Experience) -> None:
         stream = pl_module.datamodule.train_stream
         check_length(self.alpha, "alpha", len(stream))
+        check_length(self.task_loss_weight, "task_loss_weight", len(stream))
         self._experience = experience.index
         self._task_label = experience.task_label
         self._takes_task_labels = forward_takes_task_labels(pl_module.module)
@@ -157,6 +177,12 @@ class LwF(ContinualCallback):
         self._active = {task: tuple(sorted(classes)) for task, classes in sorted(active.items())}
         # taken after the model's adaptation to this experience: same shapes as the student
         self._teacher = snapshot(pl_module.module)
+
+    def task_loss(self, step: TrainingStep) -> Tensor | None:
+        if self._experience < 0:
+            return None
+        weight = weight_at(self.task_loss_weight, self._experience)
+        return None if weight == 1.0 else weight * step.loss
 
     def loss_terms(self, step: TrainingStep) -> dict[str, Tensor]:
         if self._experience < 1 or not self._active:

@@ -299,6 +299,42 @@ def test_run_resumed_mid_experience_equals_the_uninterrupted_run(tmp_path: Path)
         torch.testing.assert_close(resumed_model.state_dict()[k], v)
 
 
+def test_task_loss_weight_scales_the_task_loss_per_experience() -> None:
+    dm = make_tensor_stream(num_experiences=3, num_classes=6)
+    model = TinyClassifier(in_features=8, num_classes=6)
+    batch = (torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
+    step = step_of(model, batch)
+    step.loss = torch.tensor(2.0)
+    callback = LwF(task_loss_weight=[1.0, 0.5, 1 / 3])
+    started(callback, model, dm, 0)
+    assert callback.task_loss(step) is None  # weight 1: the loss is left alone
+    started(callback, model, dm, 2)
+    torch.testing.assert_close(callback.task_loss(step), torch.tensor(2.0 / 3))
+    assert LwF().task_loss(step) is None
+
+
+def test_task_loss_weight_reaches_training() -> None:
+    # a weight of 0 in experience 1 (and no distillation) leaves nothing to train on: the weights
+    # stay as experience 0 left them, while the default weight moves them
+    moved = {}
+    for weights in ([1.0, 0.0], [1.0, 1.0]):
+        torch.manual_seed(0)
+        dm = make_tensor_stream(num_experiences=2, num_classes=4)
+        model = ContinualModule(TinyClassifier(in_features=8, num_classes=4))
+        trainer = quiet_trainer(callbacks=[LwF(alpha=0.0, task_loss_weight=weights)], max_epochs=1)
+        trainer.fit(model, datamodule=dm)
+        before = [p.detach().clone() for p in model.parameters()]
+        trainer.fit(model, datamodule=dm)
+        moved[weights[1]] = max(float((p - q).abs().max()) for p, q in zip(model.parameters(), before))
+    assert moved[0.0] == 0.0
+    assert moved[1.0] > 1e-3
+
+
+def test_task_loss_weight_changes_the_state_key_only_when_set() -> None:
+    assert LwF(alpha=1.0).state_key == LwF(alpha=1.0, task_loss_weight=1.0).state_key
+    assert LwF(alpha=1.0).state_key != LwF(alpha=1.0, task_loss_weight=0.5).state_key
+
+
 # ------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
@@ -313,6 +349,9 @@ def test_run_resumed_mid_experience_equals_the_uninterrupted_run(tmp_path: Path)
         ({"temperature": -2}, ValueError, r"`temperature`"),
         ({"temperature": float("inf")}, ValueError, r"`temperature`"),
         ({"temperature": None}, TypeError, r"`temperature`: expected a positive number, got NoneType"),
+        ({"task_loss_weight": -0.5}, ValueError, r"`task_loss_weight`: expected a non-negative finite number"),
+        ({"task_loss_weight": []}, ValueError, r"`task_loss_weight`: .* got an empty list"),
+        ({"task_loss_weight": "1/k"}, TypeError, r"`task_loss_weight`: expected a non-negative number"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
@@ -324,6 +363,8 @@ def test_alpha_list_needs_one_value_per_experience() -> None:
     model = ContinualModule(TinyClassifier(in_features=8, num_classes=6))
     with pytest.raises(ValueError, match=r"`alpha`: expected one value per experience \(3 for this stream\), got 2"):
         quiet_trainer(callbacks=[LwF(alpha=[1.0, 1.0])]).fit(model, datamodule=make_tensor_stream(3))
+    with pytest.raises(ValueError, match=r"`task_loss_weight`: expected one value per experience \(3 for"):
+        quiet_trainer(callbacks=[LwF(task_loss_weight=[1.0])]).fit(model, datamodule=make_tensor_stream(3))
 
 
 class TupleOutput(TinyClassifier):
