@@ -14,8 +14,6 @@ is the best of ``--repeats`` runs.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import pickle
 import shutil
 import tempfile
 import time
@@ -23,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torchvision
+from _cifar import write_fake_cifar10
 from _mnist import DEFAULT_DATA, stage_mnist
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision import transforms
@@ -57,29 +55,6 @@ def torchvision_loader(dataset: Any, indices: list[int], batch_size: int) -> Dat
 def first_experience_indices(targets: Any, classes: Iterable[int]) -> list[int]:
     wanted = torch.tensor(sorted(classes))
     return torch.isin(torch.as_tensor(targets), wanted).nonzero().flatten().tolist()
-
-
-def write_fake_cifar10(root: Path, train_images: int = 50_000) -> None:
-    """A CIFAR-10 folder in torchvision's pickle format with random pixels; md5 lists patched to match."""
-    folder = root / torchvision.datasets.CIFAR10.base_folder
-    folder.mkdir(parents=True)
-    generator = np.random.default_rng(0)
-    md5: dict[str, str] = {}
-
-    def write(name: str, entry: dict[str, Any]) -> None:
-        (folder / name).write_bytes(pickle.dumps(entry))
-        md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
-
-    per_batch = train_images // 5
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        data = generator.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        write(name, {"batch_label": name, "data": data, "labels": [i % 10 for i in range(per_batch)]})
-    write("batches.meta", {"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072})
-    cls = torchvision.datasets.CIFAR10
-    cls.train_list = [[n, md5[n]] for n in names[:5]]
-    cls.test_list = [["test_batch", md5["test_batch"]]]
-    cls.meta = {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]}
 
 
 def report(name: str, ours: tuple[float, int], theirs: tuple[float, int]) -> None:

@@ -21,7 +21,15 @@ from lightning_cl.benchmarks.split import ClassSplit
 from lightning_cl.benchmarks.subsample import SubsampledStream
 from lightning_cl.benchmarks.task_incremental import task_incremental
 from lightning_cl.benchmarks.tensors import from_tensors
-from lightning_cl.benchmarks.transforms import Compose, Normalize, Permute, PerSample, Rotate
+from lightning_cl.benchmarks.transforms import (
+    Compose,
+    Normalize,
+    Permute,
+    PerSample,
+    RandomCrop,
+    RandomHorizontalFlip,
+    Rotate,
+)
 from lightning_cl.benchmarks.with_validation_stream import ValidationStreamDataModule, with_validation_stream
 
 __all__ = [
@@ -36,6 +44,8 @@ __all__ = [
     "PerSample",
     "Permute",
     "PermutedMNIST",
+    "RandomCrop",
+    "RandomHorizontalFlip",
     "Rotate",
     "RotatedMNIST",
     "SplitCIFAR10",

@@ -97,7 +97,9 @@ class SplitCIFAR10(FileSplit):
 
     The 50,000 train and 10,000 test images are held in memory as one uint8 tensor
     ``[N, 3, 32, 32]`` per split and normalised per batch with the usual CIFAR-10 mean
-    (0.4914, 0.4822, 0.4465) and std (0.2470, 0.2435, 0.2616). No augmentation is applied.
+    (0.4914, 0.4822, 0.4465) and std (0.2470, 0.2435, 0.2616). No augmentation is applied unless
+    asked for: ``train_transform=Compose([RandomCrop(32, padding=4), RandomHorizontalFlip()])``
+    is the usual one (batched, see :mod:`lightning_cl.benchmarks.transforms`).
 
     Arguments are those of :class:`~lightning_cl.benchmarks.split.FileSplit`.
 
@@ -120,7 +122,7 @@ class SplitCIFAR100(FileSplit):
     The 50,000 train and 10,000 test images are held in memory as one uint8 tensor
     ``[N, 3, 32, 32]`` per split and normalised per batch with the usual CIFAR-100 mean
     (0.5071, 0.4865, 0.4409) and std (0.2673, 0.2564, 0.2762). The targets are the 100 fine
-    labels. No augmentation is applied.
+    labels. No augmentation is applied unless asked for (``train_transform``, as for SplitCIFAR10).
 
     Arguments are those of :class:`~lightning_cl.benchmarks.split.FileSplit`.
 

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from lightning_cl.core.data import Compose
 
-__all__ = ["Compose", "Normalize", "PerSample", "Permute", "Rotate"]
+__all__ = ["Compose", "Normalize", "PerSample", "Permute", "RandomCrop", "RandomHorizontalFlip", "Rotate"]
 
 
 class Normalize:
@@ -115,6 +115,98 @@ class Rotate:
 
     def __repr__(self) -> str:
         return f"Rotate(angle={self.angle})"
+
+
+class RandomCrop:
+    """Pad a batch ``[B, C, H, W]`` and crop every image at its own random offset (augmentation).
+
+    ``RandomCrop(32, padding=4)`` is torchvision's CIFAR augmentation, done for the whole batch in
+    one gather instead of image by image. The offsets are drawn from torch's global generator (on
+    the batch's device), so a seeded run draws the same crops and a checkpoint's RNG state
+    resumes them.
+
+    The padding value is ``fill`` *after* normalisation: 0 is the mean colour; torchvision pads
+    the raw image with black before normalising, which is ``-mean / std`` per channel here
+    (e.g. ``[-1.989, -1.980, -1.707]`` for CIFAR-10).
+
+    Args:
+        size: output height and width (an int for a square).
+        padding: pixels added on each side before cropping.
+        fill: the padding value, one number or one per channel.
+
+    Example:
+        >>> crop = RandomCrop(4, padding=1)
+        >>> crop(torch.zeros(8, 3, 4, 4)).shape
+        torch.Size([8, 3, 4, 4])
+    """
+
+    def __init__(self, size: int | Sequence[int], padding: int = 0, fill: float | Sequence[float] = 0.0) -> None:
+        sizes = (size, size) if isinstance(size, int) else tuple(size)
+        if len(sizes) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            raise ValueError(f"`size`: expected a positive int or (height, width), got {size!r}.")
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"`padding`: expected a non-negative int, got {padding!r}.")
+        fills = [fill] if isinstance(fill, numbers.Real) else list(fill)
+        if not fills or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in fills):
+            raise ValueError(f"`fill`: expected a finite number or one per channel, got {fill!r}.")
+        self.size: tuple[int, int] = (int(sizes[0]), int(sizes[1]))
+        self.padding = padding
+        self.fill = torch.tensor([float(v) for v in fills], dtype=torch.float32)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"RandomCrop: expected a batch [B, C, H, W], got shape {tuple(x.shape)}.")
+        batch, channels, height, width = x.shape
+        if len(self.fill) not in (1, channels):
+            raise ValueError(f"RandomCrop: `fill` has {len(self.fill)} values for images with {channels} channels.")
+        p = self.padding
+        padded = x.new_empty(batch, channels, height + 2 * p, width + 2 * p)
+        padded[:] = self.fill.to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        padded[:, :, p : p + height, p : p + width] = x
+        out_h, out_w = self.size
+        if out_h > height + 2 * p or out_w > width + 2 * p:
+            raise ValueError(
+                f"RandomCrop: crop {self.size} is larger than the padded images ({height + 2 * p}, {width + 2 * p})."
+            )
+        top = torch.randint(0, height + 2 * p - out_h + 1, (batch, 1, 1), device=x.device)
+        left = torch.randint(0, width + 2 * p - out_w + 1, (batch, 1, 1), device=x.device)
+        rows = top + torch.arange(out_h, device=x.device).view(1, -1, 1)  # [B, h, 1]
+        cols = left + torch.arange(out_w, device=x.device).view(1, 1, -1)  # [B, 1, w]
+        index = torch.arange(batch, device=x.device).view(-1, 1, 1)
+        # advanced indexing around the channel slice puts the channels last: [B, h, w, C]
+        return padded.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(size={self.size}, padding={self.padding}, fill={self.fill.tolist()})"
+
+
+class RandomHorizontalFlip:
+    """Mirror each image of a batch ``[B, ..., W]`` left-right with probability ``p`` (augmentation).
+
+    One draw per image from torch's global generator on the batch's device, as ``RandomCrop``.
+
+    Args:
+        p: probability that an image is flipped.
+
+    Example:
+        >>> flip = RandomHorizontalFlip(p=1.0)
+        >>> flip(torch.tensor([[[[1.0, 2.0]]]])).tolist()
+        [[[[2.0, 1.0]]]]
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"`p`: expected a probability in [0, 1], got {p!r}.")
+        self.p = float(p)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"RandomHorizontalFlip: expected a batch [B, ..., W], got shape {tuple(x.shape)}.")
+        flip = torch.rand(len(x), device=x.device) < self.p
+        return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
 
 
 class PerSample:

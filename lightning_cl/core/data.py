@@ -90,7 +90,9 @@ class Compose:
         tensor([20.])
     """
 
-    def __init__(self, transforms: Sequence[Callable[[Tensor], Tensor]]) -> None:
+    # Callable[[Any], Any], not [[Tensor], Tensor]: the CLI reads a class_path for a callable returning
+    # Any as "instantiate it and call the instance", for one returning Tensor as "a Tensor subclass"
+    def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
         if isinstance(transforms, (str, bytes)) or not isinstance(transforms, Sequence):
             raise TypeError(f"`transforms`: expected a sequence of callables, got {type(transforms).__name__}.")
         for k, transform in enumerate(transforms):

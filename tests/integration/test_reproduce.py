@@ -7,17 +7,26 @@ experience of PermutedMNIST) and 0.884 (MIR, online SplitMNIST, whose protocol i
 
 from __future__ import annotations
 
+import io
+import shutil
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torchvision
+from PIL import Image
 
 from lightning_cl.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _cifar import stage_cifar10_standin  # noqa: E402
 from reproduce import CONFIGS, EXPERIMENTS, GPU_CONFIGS  # noqa: E402
+
+from lightning_cl.benchmarks import SplitCIFAR10  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -46,3 +55,28 @@ def test_every_experiment_has_a_config_that_parses() -> None:
         with pytest.raises(SystemExit) as printed:
             run_cli(["fit", "--config", str(path), "--print_config"])
         assert printed.value.code == 0
+
+
+def test_cifar10_standin_holds_the_real_jpeg_images(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench/reproduce.py --cifar10-standin: the CIFAR configs run on these files
+    archive = shared_data / "CIFAR10" / "cifar10_test_jpg.zip"
+    if not archive.is_file():
+        pytest.skip(f"{archive} not found")
+    cls = torchvision.datasets.CIFAR10
+    for name in ("train_list", "test_list", "meta"):  # the stand-in points them at its own files
+        monkeypatch.setattr(cls, name, getattr(cls, name))
+    root = stage_cifar10_standin(shared_data, train_per_class=800)
+    try:
+        stream = SplitCIFAR10(root, num_experiences=5, class_order=range(10), download=False)
+        assert [len(e) for e in stream.train_stream] == [1600] * 5
+        assert [len(e) for e in stream.test_stream] == [400] * 5
+        # the first training image of class 3 ("cat") is cat/0000.jpg, and the first test one cat/0800.jpg
+        train = cls(str(root), train=True)
+        test = cls(str(root), train=False)
+        with zipfile.ZipFile(archive) as zf:
+            for dataset, file in ((train, "cat/0000.jpg"), (test, "cat/0800.jpg")):
+                expected = np.asarray(Image.open(io.BytesIO(zf.read(f"cifar10_test_jpg/{file}"))).convert("RGB"))
+                first = dataset.targets.index(3)
+                assert np.array_equal(dataset.data[first], expected)
+    finally:
+        shutil.rmtree(root)
