@@ -146,7 +146,7 @@ class RandomCrop:
             raise ValueError(f"`size`: expected a positive int or (height, width), got {size!r}.")
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
             raise ValueError(f"`padding`: expected a non-negative int, got {padding!r}.")
-        fills = [fill] if isinstance(fill, numbers.Real) else list(fill)
+        fills = list(fill) if isinstance(fill, Sequence) else [fill]
         if not fills or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in fills):
             raise ValueError(f"`fill`: expected a finite number or one per channel, got {fill!r}.")
         self.size: tuple[int, int] = (int(sizes[0]), int(sizes[1]))
@@ -197,7 +197,7 @@ class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5) -> None:
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"`p`: expected a probability in [0, 1], got {p!r}.")
-        self.p = float(p)
+        self.p: float = float(p)
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
