@@ -507,6 +507,10 @@ class ContinualModule(L.LightningModule):
         accuracy = self.stream_accuracy.compute().cpu().reshape(-1)
         self.stream_accuracy.reset()
         row = self.datamodule.completed_experiences - 1
+        if self.datamodule._active:
+            # weights from inside experience k (a checkpoint written at one of its epoch ends): they
+            # have trained on k, so they are row k, not k - 1, whose row the checkpoint already holds
+            row += 1
         if row < 0:
             self._initial = accuracy
         else:

@@ -348,3 +348,9 @@ def test_resume_and_test_a_checkpoint(
     assert tested.test_accuracy is not None
     torch.testing.assert_close(tested.test_accuracy.double(), full.accuracy_matrix[1], atol=1e-6, rtol=0)
     assert "Test stream accuracy (in experience 1 of 5, ckpts/epoch=1.ckpt)" in caplog.text
+    # the module's R: the tested row is row 1 (the weights trained on experience 1); row 0 is the
+    # checkpoint's own, not overwritten
+    R = tested.model.accuracy_matrix
+    assert R.shape == (2, 5)
+    torch.testing.assert_close(R[1], full.accuracy_matrix[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(R[0], full.accuracy_matrix[0], atol=1e-6, rtol=0)
