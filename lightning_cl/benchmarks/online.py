@@ -15,7 +15,7 @@ from lightning_cl.benchmarks._common import positive_int, take
 from lightning_cl.benchmarks.with_validation_stream import ValidationStreamDataModule, current_validation_loader
 from lightning_cl.core.callback import continual_callbacks
 from lightning_cl.core.data import SeededRandomSampler, _mix_seed, in_group, targets_of
-from lightning_cl.core.datamodule import StreamDataModule
+from lightning_cl.core.datamodule import StreamDataModule, shard
 from lightning_cl.core.experience import Experience, Stream
 
 
@@ -285,11 +285,12 @@ class OnlineStreamDataModule(StreamDataModule):
                 if name == "current" or name in extras:
                     raise ValueError(f"{type(callback).__name__}.joint_datasets: the name {name!r} is already taken.")
                 joint = in_group(joint, "train")
-                # `main` is already this rank's share; Lightning shards the joint loader itself, so
-                # it needs every rank's worth to give each rank as many batches as `main`
-                length = len(main) * batch_size * self._world_size()
+                # `main` is already this rank's share: every rank's worth, shared out, gives each
+                # rank as many batches as `main`
+                world, rank = (1, 0) if self.trainer is None else (self.trainer.world_size, self.trainer.global_rank)
+                length = len(main) * batch_size * world
                 sampler = SeededRandomSampler(len(joint), seed, experience.index, length=length)  # type: ignore[arg-type]
-                extras[name] = self._loader(joint, batch_size, sampler)
+                extras[name] = self._loader(joint, batch_size, shard(sampler, world, rank))
         self._joint_keys = tuple(extras)
         if not extras:
             return main

@@ -825,6 +825,53 @@ class SeededRandomSampler(Sampler[int]):
         return iter(order[: self.length].tolist())
 
 
+class ShardedOrder(DistributedSampler):
+    """Rank ``r``'s share of another sampler's order: its entries ``r, r + W, ...`` (``W`` processes).
+
+    Under DDP the training loaders of a stream draw their seeded order (``SeededRandomSampler``)
+    through this: step ``k`` of ``W`` processes with batch ``B`` then covers entries
+    ``[k*B*W, (k+1)*B*W)`` of the order, exactly the samples of step ``k`` of one process with
+    batch ``B*W``, and DDP's average of the ranks' mean gradients is that batch's mean gradient.
+    Lightning would instead wrap the sampler in a ``DistributedSamplerWrapper`` that reshuffles it.
+    Being a ``DistributedSampler`` keeps Lightning from doing so. The order is padded with its first
+    entries to a multiple of ``W``, like any DDP loader (so the last step may repeat a few samples).
+
+    Args:
+        inner: the sampler whose order is shared out; ``set_epoch`` is passed on to it.
+        num_replicas: number of processes.
+        rank: this process.
+
+    Example:
+        >>> list(ShardedOrder([4, 0, 3, 1, 2], num_replicas=2, rank=0)), list(ShardedOrder([4, 0, 3, 1, 2], 2, 1))
+        ([4, 3, 2], [0, 1, 4])
+    """
+
+    def __init__(self, inner: Sampler[int] | Sequence[int], num_replicas: int, rank: int) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"`rank`: expected 0 <= rank < num_replicas ({num_replicas}), got {rank}.")
+        # DistributedSampler.__init__ wants a dataset and the process group: set its fields directly
+        self.inner = inner
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.num_samples = -(-len(inner) // num_replicas)  # type: ignore[arg-type]
+        self.total_size = self.num_samples * num_replicas
+        self.shuffle, self.drop_last, self.seed, self.epoch = False, False, 0, 0
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.inner)
+        order += order[: self.total_size - len(order)]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        set_epoch = getattr(self.inner, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+
 class BalancedSampler(DistributedSampler):
     """Equal draws from every group (task, class, or any attribute), a pure function of ``(seed, experience, epoch)``.
 

@@ -9,10 +9,17 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from lightning_cl.core.callback import continual_callbacks
-from lightning_cl.core.data import BalancedSampler, SeededRandomSampler, collate_fn_of, group_labels, in_group
+from lightning_cl.core.data import (
+    BalancedSampler,
+    SeededRandomSampler,
+    ShardedOrder,
+    collate_fn_of,
+    group_labels,
+    in_group,
+)
 from lightning_cl.core.experience import Experience, Stream
 
 
@@ -278,11 +285,13 @@ class StreamDataModule(L.LightningDataModule):
         seed = self._sampler_seed()
         # recorded with the hyperparameters, so a checkpoint's datamodule_hyper_parameters hold it
         self.hparams["shuffle_seed"] = seed
-        sampler: SeededRandomSampler | BalancedSampler
+        world, rank = (1, 0) if self.trainer is None else (self.trainer.world_size, self.trainer.global_rank)
+        sampler: Sampler[int]
         if self.balance is None:
-            sampler = SeededRandomSampler(size, seed, experience.index)
+            # under DDP each rank reads its share of the one seeded order: W processes take the
+            # steps of one process with a W-times batch, on the same samples
+            sampler = shard(SeededRandomSampler(size, seed, experience.index), world, rank)
         else:
-            world, rank = (1, 0) if self.trainer is None else (self.trainer.world_size, self.trainer.global_rank)
             groups = group_labels(dataset, self.balance)
             sampler = BalancedSampler(groups, seed, experience.index, num_replicas=world, rank=rank)
         main = self._loader(dataset, self.batch_size, sampler, self.drop_last)
@@ -291,11 +300,11 @@ class StreamDataModule(L.LightningDataModule):
             for name, (joint, batch_size) in callback.joint_datasets(self, experience).items():
                 if name == "current" or name in extras:
                     raise ValueError(f"{type(callback).__name__}.joint_datasets: the name {name!r} is already taken.")
-                # as many batches as the current loader, so it sets the epoch length
-                length = len(main) * batch_size
+                # as many batches per rank as the current loader, so it sets the epoch length
+                length = len(main) * batch_size * world
                 joint = in_group(joint, "train")
                 extra = SeededRandomSampler(len(joint), seed, experience.index, length=length)  # type: ignore[arg-type]
-                extras[name] = self._loader(joint, batch_size, extra)
+                extras[name] = self._loader(joint, batch_size, shard(extra, world, rank))
         self._joint_keys = tuple(extras)
         if not extras:
             return main
@@ -324,3 +333,8 @@ def _as_stream(experiences: Sequence[Experience], name: str) -> Stream:
     if len(experiences) == 0:
         raise ValueError(f"`{name}_stream`: expected at least one experience, got none.")
     return Stream(experiences, name)
+
+
+def shard(sampler: Sampler[int], world: int, rank: int) -> Sampler[int]:
+    """``sampler`` itself in one process; this rank's :class:`ShardedOrder` of it under DDP."""
+    return sampler if world == 1 else ShardedOrder(sampler, world, rank)

@@ -14,6 +14,7 @@ from lightning_cl.core.data import (
     ConcatDataset,
     InMemoryDataset,
     SeededRandomSampler,
+    ShardedOrder,
     StackedBatch,
     SubsetDataset,
     collate,
@@ -410,3 +411,30 @@ def test_stacked_transforms_pickle_for_spawned_workers() -> None:
     copy = pickle.loads(pickle.dumps(stacked))
     torch.testing.assert_close(copy[1][0], stacked[1][0])
     torch.testing.assert_close(stacked[0][0].flatten(), (torch.arange(4.0).flip(0) - 1.0) / 2.0)
+
+
+# ------------------------------------------------------------------------------- ShardedOrder
+def test_sharded_order_shares_out_the_seeded_order_as_one_process_batches_it() -> None:
+    inner = SeededRandomSampler(10, seed=3, experience=1)
+    order = list(inner)
+    shards = [list(ShardedOrder(inner, num_replicas=2, rank=r)) for r in range(2)]
+    assert shards == [order[0::2], order[1::2]]
+    # step k of two processes with batch 2 holds the samples of step k of one process with batch 4
+    for k in range(2):
+        assert sorted(shards[0][2 * k : 2 * k + 2] + shards[1][2 * k : 2 * k + 2]) == sorted(order[4 * k : 4 * k + 4])
+
+
+def test_sharded_order_pads_like_a_distributed_sampler_and_passes_the_epoch_on() -> None:
+    inner = SeededRandomSampler(7, seed=0, experience=0)
+    shards = [ShardedOrder(inner, num_replicas=3, rank=r) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    every = sorted(i for s in shards for i in s)
+    assert sorted(set(every)) == list(range(7)) and len(every) == 9  # two first entries repeated
+    first = list(shards[0])
+    shards[0].set_epoch(5)
+    assert inner.epoch == 5 and list(shards[0]) != first
+
+
+def test_sharded_order_rank_must_be_below_num_replicas() -> None:
+    with pytest.raises(ValueError, match=r"`rank`: expected 0 <= rank < num_replicas \(2\), got 2"):
+        ShardedOrder([0, 1], num_replicas=2, rank=2)

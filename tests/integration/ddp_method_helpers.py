@@ -1,15 +1,12 @@
 """Shared by the two-process method tests: a small digits stream, the methods, a probe, and one run.
 
 The same run is made on two processes (``strategy="ddp"``, ``BATCH // 2`` per process) and on one
-(``BATCH``), so that both can take the same optimizer steps on the same samples. Lightning would
-not allow that by itself: under DDP it wraps the datamodule's training sampler in a
-``DistributedSamplerWrapper`` that *reshuffles* the sampler's order (with its own seed) before
-sharding it, so two processes see each epoch in another order than one process. The
-:class:`ShardedOrder` sampler (``sharded=True``) shards the datamodule's own order instead,
-``order[rank::2]``: a step of the two processes then draws exactly the samples of the single
-process's step, and DDP's average of two half-batch mean gradients is the whole batch's mean.
-Every experience has an even number of training samples (no padding duplicate on the last step);
-the test sets keep their odd sizes. ``sharded=False`` runs Lightning's own loaders.
+(``BATCH``), so that both take the same optimizer steps on the same samples: under DDP the
+stream's training loaders read ``order[rank::2]`` of the one seeded order (``ShardedOrder``, not
+Lightning's reshuffling ``DistributedSamplerWrapper``), so a step of the two processes draws
+exactly the samples of the single process's step, and DDP's average of two half-batch mean
+gradients is the whole batch's mean. Every experience has an even number of training samples (no
+padding duplicate on the last step); the test sets keep their odd sizes.
 """
 
 from __future__ import annotations
@@ -21,9 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from lightning_cl import ContinualModule, fit_stream
 from lightning_cl.benchmarks import from_tensors
@@ -68,54 +63,7 @@ METHODS: dict[str, Callable[[int], list[L.Callback]]] = {
 }
 
 
-class ShardedOrder(DistributedSampler):
-    """``order[rank::num_replicas]`` of another sampler's order (padded like DistributedSampler).
-
-    A DistributedSampler, so Lightning uses it as it is; ``set_epoch`` reaches the inner sampler.
-    """
-
-    def __init__(self, inner: Sampler[int], num_replicas: int, rank: int) -> None:
-        self.inner = inner
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.num_samples = -(-len(inner) // num_replicas)  # type: ignore[arg-type]
-        self.total_size = self.num_samples * num_replicas
-
-    def __iter__(self) -> Any:
-        order = list(self.inner)
-        order += order[: self.total_size - len(order)]
-        return iter(order[self.rank : self.total_size : self.num_replicas])
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)  # type: ignore[attr-defined]
-
-
-class ShardedStream(StreamDataModule):
-    """A stream whose training loaders (the current one and the joint ones) shard the datamodule's order.
-
-    The loaders are built as usual first (a joint loader's length follows the current loader's
-    number of batches over the whole experience, as Lightning's wrapping keeps it), then sharded.
-    """
-
-    def train_dataloader(self) -> Any:
-        loaders = super().train_dataloader()
-        trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
-            return loaders
-
-        def shard(loader: DataLoader) -> DataLoader:
-            sampler = ShardedOrder(loader.sampler, trainer.world_size, trainer.global_rank)  # type: ignore[arg-type]
-            return self._loader(loader.dataset, loader.batch_size or 1, sampler, loader.drop_last)
-
-        if isinstance(loaders, CombinedLoader):
-            return CombinedLoader({k: shard(v) for k, v in loaders.iterables.items()}, mode="max_size_cycle")
-        return shard(loaders)
-
-
-def digits_stream(batch_size: int, sharded: bool = True) -> StreamDataModule:
+def digits_stream(batch_size: int) -> StreamDataModule:
     """Digits 0-5 as 3 experiences of 2 classes: 80 training samples each (even), the full test split."""
     images, targets = load_digits()
     train, test = stratified_split(targets, DIGITS_TEST_FRACTION, seed=0)
@@ -133,8 +81,7 @@ def digits_stream(batch_size: int, sharded: bool = True) -> StreamDataModule:
         eval_batch_size=32,
     )
     # shuffle_seed: not PL_GLOBAL_SEED, which another test of the session may have set
-    kind = ShardedStream if sharded else StreamDataModule
-    return kind(dm.train_stream, dm.test_stream, batch_size=batch_size, eval_batch_size=32, shuffle_seed=0)
+    return StreamDataModule(dm.train_stream, dm.test_stream, batch_size=batch_size, eval_batch_size=32, shuffle_seed=0)
 
 
 def sizes_of_test_stream() -> list[int]:
@@ -224,7 +171,7 @@ class Probe(L.Callback):
         self.test_counts.append(self._gather(trainer, counts).sum(0).long().tolist())
 
 
-def run(method: str, world: int, sharded: bool = True, check_ranks: bool = False) -> dict[str, Any]:
+def run(method: str, world: int, check_ranks: bool = False) -> dict[str, Any]:
     """One stream with ``method`` on ``world`` processes (the caller's process group), global batch ``BATCH``."""
     probe = Probe()
     callbacks = [*METHODS[method](world), probe]
@@ -233,7 +180,7 @@ def run(method: str, world: int, sharded: bool = True, check_ranks: bool = False
     ddp: dict[str, Any] = dict(devices=2, strategy="ddp") if world == 2 else {}
     trainer = quiet_trainer(callbacks=callbacks, max_epochs=EPOCHS, **ddp)
     model = make_model()
-    result = fit_stream(trainer, model, digits_stream(BATCH // world, sharded))
+    result = fit_stream(trainer, model, digits_stream(BATCH // world))
     record = {
         "R": result.accuracy_matrix,
         "initial": result.initial_accuracy,
@@ -247,15 +194,15 @@ def run(method: str, world: int, sharded: bool = True, check_ranks: bool = False
     return record
 
 
-def ranks_worker(rank: int, out: str, runs: list[tuple[str, bool]]) -> None:
-    """Run ``(method, sharded)`` one after the other on this rank (one spawn for all), saving rank 0's records."""
-    for method, sharded in runs:
-        record = run(method, world=2, sharded=sharded, check_ranks=True)
+def ranks_worker(rank: int, out: str, runs: list[str]) -> None:
+    """Run the methods ``runs`` one after the other on this rank (one spawn for all), saving rank 0's records."""
+    for method in runs:
+        record = run(method, world=2, check_ranks=True)
         if rank == 0:
-            torch.save(record, Path(out) / f"{method}{'' if sharded else '_lightning_order'}.pt")
+            torch.save(record, Path(out) / f"{method}.pt")
 
 
-def spawn_runs(out: Path, runs: list[tuple[str, bool]]) -> dict[str, dict[str, Any]]:
+def spawn_runs(out: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
     """Two processes run ``runs``; their rank-0 records by file stem."""
     run_two_processes(ranks_worker, str(out), runs)
     return {p.stem: torch.load(p, weights_only=True) for p in sorted(out.glob("*.pt"))}

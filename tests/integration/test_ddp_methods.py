@@ -42,17 +42,15 @@ from tests.integration.ddp_method_helpers import (
 )
 
 COMPARED = ["replay_joint", "replay_concat", "der", "icarl", "gem", "agem"]
-LIGHTNING_ORDER = ["der"]  # Lightning's own (reshuffled) training order: the ranks still agree
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    runs = [(m, True) for m in COMPARED] + [(m, False) for m in LIGHTNING_ORDER]
-    return spawn_runs(tmp_path_factory.mktemp("ddp_methods"), runs)
+    return spawn_runs(tmp_path_factory.mktemp("ddp_methods"), COMPARED)
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("name", COMPARED + [f"{m}_lightning_order" for m in LIGHTNING_ORDER])
+@pytest.mark.parametrize("name", COMPARED)
 def test_ranks_agree_after_every_experience(records: dict[str, dict[str, Any]], name: str) -> None:
     assert_ranks_agree(records[name])
 

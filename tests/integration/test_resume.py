@@ -104,15 +104,10 @@ def test_the_run_died_by_sigkill_mid_experience(runs: Path, case: str) -> None:
 # of the next epoch starting), and StreamDataModule's restore-only fit sets max_epochs=-1 to 0.
 # Both need StreamDataModule changes.
 STEP_BUDGET = pytest.mark.xfail(strict=True, reason="a step budget resumes exactly only at an experience's end")
-# GenerativeReplay resumed mid-experience ends close to, but not bit-exactly at, the uninterrupted
-# run (2 of 25 cells of R differ); its state loads and its own resume test passes. To fix.
-GENERATIVE = pytest.mark.xfail(strict=True, reason="GenerativeReplay does not yet resume bit-exactly mid-experience")
 
 
 def _marks(case: str, point: str) -> list[Any]:
-    if case == "max_steps" and point != "last_epoch":
-        return [STEP_BUDGET]
-    return [GENERATIVE] if case == "generative_replay" else []
+    return [STEP_BUDGET] if case == "max_steps" and point != "last_epoch" else []
 
 
 @pytest.mark.parametrize(
