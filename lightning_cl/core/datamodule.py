@@ -120,6 +120,7 @@ class StreamDataModule(L.LightningDataModule):
         self._next = 0  # experiences fully trained; the index the next fit trains
         self._active = False  # a fit has begun `_next` and it has not ended yet
         self._restore_only = False  # set by fit_stream for a fit that only restores a checkpoint
+        self._step_limit_held = False  # see _apply_limits
         self._epochs_per_experience: int | None = None
         self._steps_per_experience: int | None = None
         self._target_epoch = -1
@@ -188,7 +189,12 @@ class StreamDataModule(L.LightningDataModule):
         """
         loop = trainer.fit_loop
         if self._restore_only:
-            loop.max_epochs = max(self._target_epoch, trainer.current_epoch)
+            # nothing to train: the limits the checkpoint has reached (Lightning refuses a
+            # checkpoint whose epoch is past max_epochs, so a step budget keeps max_epochs=-1)
+            if self._target_epoch == -1 and self._target_step != -1:
+                loop.max_epochs, loop.epoch_loop.max_steps = -1, self._target_step
+            else:
+                loop.max_epochs = max(self._target_epoch, trainer.current_epoch)
             return None, False
         starting = not self._active
         if starting:
@@ -209,11 +215,24 @@ class StreamDataModule(L.LightningDataModule):
         self._apply_limits(trainer)
         return self.train_stream[self._next], starting
 
-    def _apply_limits(self, trainer: L.Trainer) -> None:
+    def _apply_limits(self, trainer: L.Trainer, restoring: bool = False) -> None:
         # Lightning compares these limits with *global* counters, which a second fit has
         # already reached: without this, every fit after the first trains zero epochs.
         trainer.fit_loop.max_epochs = self._target_epoch
-        trainer.fit_loop.epoch_loop.max_steps = self._target_step
+        max_steps = self._target_step
+        if restoring and self._target_epoch == -1 and max_steps != -1:
+            # Lightning restores the loops of a run with a step limit as iteration-based: the
+            # checkpoint's finished epoch would go on with a new iterator instead of the next
+            # epoch starting. The limit is held back while the loops restore, and set again
+            # when training starts (release_step_limit, from ContinualModule.on_train_start).
+            max_steps, self._step_limit_held = -1, True
+        trainer.fit_loop.epoch_loop.max_steps = max_steps
+
+    def _release_step_limit(self, trainer: L.Trainer) -> None:
+        """Set the step limit held back while a checkpoint's loops were restored."""
+        if self._step_limit_held:
+            trainer.fit_loop.epoch_loop.max_steps = self._target_step
+            self._step_limit_held = False
 
     def _end_experience(self) -> None:
         self._next += 1
@@ -254,7 +273,7 @@ class StreamDataModule(L.LightningDataModule):
         self._steps_per_experience = state_dict.get("steps_per_experience")
         trainer = self.trainer
         if trainer is not None and self._active:
-            self._apply_limits(trainer)
+            self._apply_limits(trainer, restoring=True)
 
     # ------------------------------------------------------------------------------ loaders
     def _sampler_seed(self) -> int:

@@ -329,6 +329,8 @@ class ContinualModule(L.LightningModule):
                 }
 
     def on_train_start(self) -> None:
+        # after Lightning restored a checkpoint's loops: the stream's step limit applies again
+        self.datamodule._release_step_limit(self.trainer)
         experience = self._experience
         if experience is not None:
             self._check_training_outputs(experience)

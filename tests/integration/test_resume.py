@@ -98,22 +98,7 @@ def test_the_run_died_by_sigkill_mid_experience(runs: Path, case: str) -> None:
     assert not (runs / case / "never.pt").exists()
 
 
-# A step budget (max_steps, max_epochs=None) resumes exactly from the end of an experience's last
-# epoch, not yet from the other points: Lightning resumes a run with max_epochs=-1 as
-# iteration-based (the checkpoint's epoch goes on after its last batch, with a new iterator, instead
-# of the next epoch starting), and StreamDataModule's restore-only fit sets max_epochs=-1 to 0.
-# Both need StreamDataModule changes.
-STEP_BUDGET = pytest.mark.xfail(strict=True, reason="a step budget resumes exactly only at an experience's end")
-
-
-def _marks(case: str, point: str) -> list[Any]:
-    return [STEP_BUDGET] if case == "max_steps" and point != "last_epoch" else []
-
-
-@pytest.mark.parametrize(
-    ("case", "point"),
-    [pytest.param(c, p, id=f"{c}-{p}", marks=_marks(c, p)) for c, p in RESUMES],
-)
+@pytest.mark.parametrize(("case", "point"), [pytest.param(c, p, id=f"{c}-{p}") for c, p in RESUMES])
 def test_the_resumed_run_ends_as_the_uninterrupted_one(runs: Path, case: str, point: str) -> None:
     reference = torch.load(runs / case / "reference.pt", weights_only=True)
     _assert_same_run(_load(runs / case / f"resumed_{point}.pt"), reference, worker.NUM_EXPERIENCES)
