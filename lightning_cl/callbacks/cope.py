@@ -17,6 +17,7 @@ from lightning_cl.buffers.base import Buffer, Candidates
 from lightning_cl.callbacks._replay import cat_batches, is_online, make_buffer, memory_view, mini_candidates
 from lightning_cl.core.callback import ContinualCallback, JointData, TrainingStep
 from lightning_cl.core.datamodule import StreamDataModule
+from lightning_cl.core.dynamic import probing, sample_batch
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
 
@@ -219,17 +220,9 @@ class CoPE(ContinualCallback):
             raise ValueError(
                 f"`num_classes`: CoPE keeps {self.num_classes} prototypes, but the stream has {dm.num_classes} classes."
             )
-        sample = [
-            torch.as_tensor(v).unsqueeze(0).to(pl_module.device)
-            for v in dm.train_stream[dm.current_experience].dataset[0]
-        ]
-        was_training = pl_module.module.training
-        pl_module.module.eval()
-        try:
-            with torch.no_grad():
-                width = pl_module.predict_logits(sample).shape[-1]
-        finally:
-            pl_module.module.train(was_training)
+        with probing(pl_module.module):
+            sample = sample_batch(dm.train_stream[dm.current_experience].dataset, pl_module.device)
+            width = pl_module.predict_logits(sample).shape[-1]
         self._check_width(width)
 
     def _check_width(self, width: int) -> None:

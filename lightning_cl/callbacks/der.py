@@ -15,6 +15,7 @@ from lightning_cl.callbacks._common import check_number
 from lightning_cl.callbacks._replay import is_online, logits_of, make_buffer, map_dataset, memory_view, mini_candidates
 from lightning_cl.core.callback import ContinualCallback, JointData, TrainingStep
 from lightning_cl.core.datamodule import StreamDataModule
+from lightning_cl.core.dynamic import probing, sample_batch
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
 from lightning_cl.models.incremental import GrowingLinear
@@ -105,13 +106,9 @@ class DER(ContinualCallback):
         if not isinstance(pl_module, ContinualModule):
             return
         experience = pl_module.datamodule.train_stream[pl_module.datamodule.current_experience]
-        sample = [torch.as_tensor(v).unsqueeze(0).to(pl_module.device) for v in experience.dataset[0]]
         try:
-            was_training = pl_module.module.training
-            pl_module.module.eval()
-            with torch.no_grad():
-                pl_module.predict_logits(sample)
-            pl_module.module.train(was_training)
+            with probing(pl_module.module):
+                pl_module.predict_logits(sample_batch(experience.dataset, pl_module.device))
         except TypeError as error:
             raise TypeError(f"DER stores and matches the model's logits: {error}") from error
 

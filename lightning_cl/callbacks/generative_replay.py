@@ -18,7 +18,7 @@ from lightning_cl.callbacks._common import check_number, cpu_copy, place_teacher
 from lightning_cl.callbacks._replay import cat_batches
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.data import _mix_seed, collate_fn_of, in_group
-from lightning_cl.core.dynamic import forward_logits
+from lightning_cl.core.dynamic import forward_logits, probing
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
 from lightning_cl.models.vae import MlpVAE
@@ -436,14 +436,8 @@ class GenerativeReplay(ContinualCallback):
 
 def _check_samples(callback: GenerativeReplay, generator: nn.Module, sample: Tensor) -> None:
     """Two samples of ``generator`` (eval mode, fixed seed) must be shaped as the stream's ``sample``."""
-    modes = {m: m.training for m in generator.modules()}
-    generator.eval()  # BatchNorm statistics untouched
-    try:
-        with torch.no_grad():
-            callback._sample(generator, 2, torch.Generator().manual_seed(0), sample.float())
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+    with probing(generator):  # BatchNorm statistics untouched
+        callback._sample(generator, 2, torch.Generator().manual_seed(0), sample.float())
 
 
 def _tensors(weights: Mapping[str, Any] | None) -> dict[str, Tensor] | None:

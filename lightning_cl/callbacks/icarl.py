@@ -17,7 +17,7 @@ from lightning_cl.callbacks._replay import FeatureExtractor, candidate_features,
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.data import ConcatDataset
 from lightning_cl.core.datamodule import StreamDataModule
-from lightning_cl.core.dynamic import forward_logits
+from lightning_cl.core.dynamic import forward_logits, probing, sample_batch
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
 
@@ -113,19 +113,12 @@ class ICaRL(ContinualCallback):
         if not isinstance(pl_module, ContinualModule):
             return
         dm = pl_module.datamodule
-        sample = [
-            torch.as_tensor(v).unsqueeze(0).to(pl_module.device)
-            for v in dm.train_stream[dm.current_experience].dataset[0]
-        ]
-        was_training = pl_module.module.training
-        pl_module.module.eval()
+        sample = sample_batch(dm.train_stream[dm.current_experience].dataset, pl_module.device)
         try:
-            with torch.no_grad():
+            with probing(pl_module.module):
                 self.feature_extractor(pl_module.module, sample)
         except TypeError as error:
             raise TypeError(f"ICaRL needs the model's features and logits: {error}") from error
-        finally:
-            pl_module.module.train(was_training)
 
     def train_dataset(self, datamodule: StreamDataModule, experience: Experience, dataset: Dataset) -> Dataset:
         if not len(self.buffer):

@@ -25,7 +25,7 @@ from lightning_cl.callbacks._common import (
 from lightning_cl.core.callback import ContinualCallback, TrainingStep
 from lightning_cl.core.data import collate
 from lightning_cl.core.datamodule import StreamDataModule
-from lightning_cl.core.dynamic import forward_logits, forward_takes_task_labels
+from lightning_cl.core.dynamic import forward_logits, forward_takes_task_labels, probing
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.module import ContinualModule
 
@@ -289,11 +289,5 @@ def _check_logits(model: nn.Module, dataset: Dataset) -> None:
     batch = collate([dataset[0]])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     batch = [v.to(device) if isinstance(v, Tensor) else v for v in batch]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()  # one sample: keep BatchNorm statistics untouched
-    try:
-        with torch.no_grad():
-            _logits(model, batch, forward_takes_task_labels(model))
-    finally:
-        for m, training in modes.items():
-            m.train(training)
+    with probing(model):  # one sample: keep BatchNorm statistics untouched
+        _logits(model, batch, forward_takes_task_labels(model))

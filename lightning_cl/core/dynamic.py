@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -61,3 +63,24 @@ def forward_logits(model: nn.Module, batch: Any, takes_task_labels: bool | None 
         got = type(logits).__name__ if not isinstance(logits, Tensor) else f"shape {tuple(logits.shape)}"
         raise TypeError(f"{type(model).__name__}.forward: expected logits [B, C], got {got}.")
     return logits
+
+
+def sample_batch(dataset: Sequence[Any] | Any, device: torch.device | str) -> list[Tensor]:
+    """``dataset[0]`` as a batch of one on ``device``: what a check of the model's outputs feeds it."""
+    return [torch.as_tensor(v).unsqueeze(0).to(device) for v in dataset[0]]
+
+
+@contextmanager
+def probing(model: nn.Module) -> Iterator[None]:
+    """A forward that only looks: eval mode (BatchNorm statistics and dropout untouched), no gradients.
+
+    Every submodule gets its own training flag back afterwards, also when the forward raises.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes.items():
+            m.train(training)

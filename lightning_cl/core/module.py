@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from lightning_cl.core.callback import TrainingStep, continual_callbacks
 from lightning_cl.core.datamodule import StreamDataModule
-from lightning_cl.core.dynamic import DynamicModule, forward_logits, forward_takes_task_labels
+from lightning_cl.core.dynamic import DynamicModule, forward_logits, forward_takes_task_labels, probing, sample_batch
 from lightning_cl.core.experience import Experience
 from lightning_cl.core.result import StreamResult
 from lightning_cl.metrics import functional as F
@@ -339,13 +339,8 @@ class ContinualModule(L.LightningModule):
             self._call_user("on_train_start")
 
     def _check_training_outputs(self, experience: Experience) -> None:
-        sample = experience.dataset[0]
-        batch = [torch.as_tensor(v).unsqueeze(0).to(self.device) for v in sample]
-        was_training = self.module.training
-        self.module.eval()  # one sample: keep BatchNorm statistics untouched
-        with torch.no_grad():
-            num_outputs = self.predict_logits(batch).shape[-1]
-        self.module.train(was_training)
+        with probing(self.module):  # one sample: keep BatchNorm statistics untouched
+            num_outputs = self.predict_logits(sample_batch(experience.dataset, self.device)).shape[-1]
         self._check_outputs(num_outputs, experience, "train")
 
     def on_train_end(self) -> None:

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from lightning_cl.core.dynamic import sample_batch
 from lightning_cl.metrics import functional as F
 from lightning_cl.metrics.flips import FlipCounts
 from lightning_cl.metrics.stream_confusion import StreamConfusionMatrix
@@ -435,8 +436,7 @@ class ContinualMetrics(L.Callback):
     def _confusion_size(self, trainer: L.Trainer, pl_module: ContinualModule, dm: StreamDataModule) -> int:
         # The matrix must hold every prediction, and its shape must agree on all ranks before
         # any batch: one sample through the model gives its number of outputs.
-        sample = dm.test_stream[0].dataset[0]
-        batch = [torch.as_tensor(v).unsqueeze(0).to(pl_module.device) for v in sample]
+        batch = sample_batch(dm.test_stream[0].dataset, pl_module.device)
         with torch.no_grad(), trainer.precision_plugin.forward_context():
             outputs = pl_module.predict_logits(batch).shape[-1]
         top = max([*dm.train_stream.classes, *dm.test_stream.classes])
